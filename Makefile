@@ -1,0 +1,44 @@
+# The two commands of the README: `make book` and `make test`. Both create .venv if missing.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# Generated data (MiniTex-AD) and caches live in ./data, which git ignores.
+export CCAD_CACHE ?= $(CURDIR)/data
+# The book and the tests run the chapters in fast mode (offline, CPU).
+export CCAD_MODE ?= fast
+export MPLBACKEND ?= Agg
+
+.PHONY: help venv data book test lint bench bench-quick clean
+
+help:
+	@echo "make book   - build the executed book into _build/html (fast mode, embedded data)"
+	@echo "make test   - run the whole test suite (what CI runs)"
+	@echo "make data   - generate the embedded MiniTex-AD data set into ./data"
+	@echo "make bench  - regenerate benchmarks/results (long; see README)"
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt constraints.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt -c constraints.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $@
+
+venv: $(VENV)/.installed
+
+data: venv
+	$(PY) -m ccad_tutorial make-data --out $(CCAD_CACHE)/minitex-ad_s128_seed0
+
+book: venv data
+	$(VENV)/bin/jupyter-book build . -W --keep-going
+
+lint: venv
+	$(VENV)/bin/ruff check ccad_tutorial tests benchmarks
+	$(VENV)/bin/ruff format --check ccad_tutorial tests benchmarks
+
+test: venv lint
+	$(PY) -m pytest -q; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: that is a failure here"; exit 1; fi; \
+	exit $$rc
+
+clean:
+	rm -rf _build .pytest_cache

@@ -1,0 +1,182 @@
+"""The ``ccad-tutorial`` command line (also ``python -m ccad_tutorial``).
+
+Each sub-command is a thin wrapper around one package function, so what the CLI does is what
+the book's chapters call. Errors a user can fix (a wrong path, a bad layout, a missing
+checkpoint) are printed as one ``error: ...`` line with exit status 1, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+LAYOUT_CHOICES = ("mvtec", "visa", "loco", "mvtec3d", "mtd", "dagm", "minitex")
+
+
+def _write_json(obj: dict, path: str | None) -> None:
+    text = json.dumps(obj, indent=2, sort_keys=True)
+    if path:
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(out.suffix + ".tmp")
+        tmp.write_text(text + "\n")
+        tmp.replace(out)
+        print(f"wrote {out}")
+    print(text)
+
+
+def cmd_make_data(args: argparse.Namespace) -> int:
+    from ccad_tutorial.minitex import make_minitex
+
+    start = time.perf_counter()
+    out = make_minitex(args.out, size=args.size, seed=args.seed)
+    print(
+        f"MiniTex-AD ({args.size} px, seed {args.seed}) written to {out} "
+        f"in {time.perf_counter() - start:.1f} s"
+    )
+    return 0
+
+
+def cmd_check_data(args: argparse.Namespace) -> int:
+    from ccad_tutorial.datasets import check_dataset
+
+    report = check_dataset(args.data, layout=args.layout)
+    print(report.format())
+    return 0
+
+
+def cmd_patchcore(args: argparse.Namespace) -> int:
+    from ccad_tutorial.baselines import run_patchcore
+
+    result = run_patchcore(
+        args.data,
+        args.category,
+        layout=args.layout,
+        image_size=args.image_size,
+        pretrained=args.pretrained,
+        backbone=args.backbone,
+        seed=args.seed,
+    )
+    _write_json(result, args.json)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ccad_tutorial.train import train_run
+
+    result = train_run(
+        args.data,
+        args.category,
+        args.out,
+        variant=args.variant,
+        preset=args.preset,
+        layout=args.layout,
+        steps=args.steps,
+        pretrained=args.pretrained,
+        resume=args.resume,
+        seed=args.seed,
+    )
+    print(json.dumps(result, indent=2, sort_keys=True, default=str))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ccad_tutorial.train import evaluate_run
+
+    result = evaluate_run(
+        args.run,
+        args.data,
+        args.category,
+        layout=args.layout,
+        json_out=None,
+        grid_png=args.grid,
+        noise_seed=args.noise_seed,
+    )
+    _write_json(result, args.json)
+    return 0
+
+
+def cmd_download_mvtec(args: argparse.Namespace) -> int:
+    from ccad_tutorial.download import download_mvtec_ad
+
+    root = download_mvtec_ad(args.out)
+    print(f"MVTec-AD is ready in {root}; pass --data {root} (or DATA_ROOT) to use it.")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ccad-tutorial",
+        description="CCAD tutorial: data, PatchCore baseline, CCAD training and evaluation.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("make-data", help="generate the embedded MiniTex-AD data set")
+    p.add_argument("--out", required=True, help="folder to write (MVTec-AD layout)")
+    p.add_argument("--size", type=int, default=128, help="image size in pixels (64 to 256)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_make_data)
+
+    p = sub.add_parser("check-data", help="validate a data folder and print its counts")
+    p.add_argument("--data", required=True, help="root folder of the data set")
+    p.add_argument("--layout", default="mvtec", choices=LAYOUT_CHOICES)
+    p.set_defaults(func=cmd_check_data)
+
+    p = sub.add_parser("patchcore", help="PatchCore baseline on one category")
+    _add_data_args(p)
+    p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--pretrained", action="store_true", help="ImageNet weights (needs the hub)")
+    p.add_argument("--backbone", default=None, help="timm backbone (default: per mode)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None, help="write the metrics to this JSON file")
+    p.set_defaults(func=cmd_patchcore)
+
+    p = sub.add_parser("train", help="train a CCAD variant on one category")
+    _add_data_args(p)
+    p.add_argument("--variant", default="F", choices=("V", "C", "F", "uncond"))
+    p.add_argument("--preset", default="tiny", choices=("tiny", "sd15"))
+    p.add_argument("--steps", type=int, default=None, help="default: the preset's budget")
+    p.add_argument("--pretrained", default=None, help="SD v1.5 folder or hub id (sd15 preset)")
+    p.add_argument("--out", required=True, help="run folder (checkpoints, logs, config)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a trained run on a category's test split")
+    _add_data_args(p)
+    p.add_argument("--run", required=True, help="run folder written by `train`")
+    p.add_argument("--json", default=None, help="write the metrics to this JSON file")
+    p.add_argument("--grid", default=None, help="write a PNG grid of examples here")
+    p.add_argument("--noise-seed", type=int, default=0)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("download-mvtec", help="download MVTec-AD (CC BY-NC-SA 4.0)")
+    p.add_argument("--out", required=True, help="folder to extract into")
+    p.set_defaults(func=cmd_download_mvtec)
+    return parser
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="root folder of the data set")
+    p.add_argument("--category", required=True)
+    p.add_argument("--layout", default="mvtec", choices=LAYOUT_CHOICES)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, NotADirectoryError) as err:
+        # DataError subclasses ValueError: every user-fixable problem ends here.
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
