@@ -1,0 +1,450 @@
+"""Figures for the book: samples, anomaly maps, training curves, and interactive plotly views.
+
+Static figures use matplotlib (robust in HTML, PDF and GitHub previews). Every function
+returns a ``matplotlib.figure.Figure`` that is already closed in pyplot: a notebook shows it
+exactly once when the call is the cell's last expression (``display(fig)`` otherwise), and
+``fig.savefig(...)`` still works.
+
+Interactive figures use plotly and must all go through :func:`show_plotly`. A headless kernel
+gives plotly figures only the ``application/vnd.plotly.v1+json`` output, which the static
+Jupyter Book build drops, so outside Colab we display plain ``text/html`` instead. Figures
+that must stay interactive in the published book precompute their frames (a slider, no
+Python callbacks): see :func:`image_slider`.
+
+Data objects are used by duck typing: anything with ``.images`` (and optionally ``.masks``,
+``.categories``, ``.defect_types``) is a batch, anything with ``.image`` a sample.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import plotly.graph_objects as go
+from matplotlib.figure import Figure
+from PIL import Image
+
+__all__ = [
+    "show_samples",
+    "show_anomaly_maps",
+    "plot_curves",
+    "show_plotly",
+    "plotly_html",
+    "plotly_js_mode",
+    "image_slider",
+    "scatter_2d",
+]
+
+PLOTLYJS_ENV = "CCAD_PLOTLYJS"  # "cdn" (default), "inline", "require", or a path/URL to a .js
+MASK_RGBA = (1.0, 0.0, 0.0, 0.35)  # translucent red fill over defects
+
+
+# --------------------------------------------------------------------------- array helpers
+
+
+def _numpy(x: Any) -> np.ndarray:
+    """Tensor on any device / array / list -> NumPy array (float for floating tensors)."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu()
+        x = x.float() if x.dtype.is_floating_point else x
+        x = x.numpy()
+    return np.asarray(x)
+
+
+def _images_hwc(images: Any) -> np.ndarray:
+    """(B, 3, H, W), (B, 1, H, W) or (B, H, W) in [0, 1] -> (B, H, W, 3) float, clipped."""
+    x = _numpy(images).astype(np.float32)
+    if x.ndim == 3:
+        x = x[:, None]
+    if x.ndim != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(
+            f"images must have shape (B, 3, H, W), (B, 1, H, W) or (B, H, W), got {x.shape}; "
+            "channel-last arrays need x.transpose(0, 3, 1, 2)."
+        )
+    x = np.repeat(x, 3, axis=1) if x.shape[1] == 1 else x
+    return np.clip(x.transpose(0, 2, 3, 1), 0.0, 1.0)
+
+
+def _maps_hw(maps: Any, name: str) -> np.ndarray:
+    """(B, 1, H, W) or (B, H, W) -> (B, H, W) float."""
+    x = _numpy(maps).astype(np.float32)
+    if x.ndim == 4 and x.shape[1] == 1:
+        x = x[:, 0]
+    if x.ndim != 3:
+        raise ValueError(f"{name} must have shape (B, H, W) or (B, 1, H, W), got {x.shape}.")
+    return x
+
+
+def _unpack(data: Any, limit: int) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+    """The first ``limit`` items of a Batch-like, a list of Sample-like, or plain images
+    -> (images (n, H, W, 3), masks (n, H, W) or None, captions)."""
+    if isinstance(data, Sequence) and data and hasattr(data[0], "image"):
+        data = data[:limit]
+        images = _numpy_stack([s.image for s in data])
+        masks = _numpy_stack([s.mask for s in data]) if hasattr(data[0], "mask") else None
+        cats = [getattr(s, "category", "") for s in data]
+        defects = [getattr(s, "defect_type", "") for s in data]
+    elif hasattr(data, "images"):
+        images, masks = data.images[:limit], getattr(data, "masks", None)
+        masks = None if masks is None else masks[:limit]
+        cats = list(getattr(data, "categories", None) or [""] * len(data.images))[:limit]
+        defects = list(getattr(data, "defect_types", None) or [""] * len(data.images))[:limit]
+    else:
+        images, masks, cats, defects = data[:limit], None, [], []
+    captions = [" / ".join(p for p in (c, d) if p) for c, d in zip(cats, defects, strict=True)]
+    masks = None if masks is None else _maps_hw(masks, "masks")
+    return _images_hwc(images), masks, captions
+
+
+def _numpy_stack(items: list) -> np.ndarray:
+    return np.stack([_numpy(i) for i in items])
+
+
+def _grid(n_rows: int, n_cols: int, cell: float = 2.2) -> tuple[Figure, np.ndarray]:
+    """A closed (not auto-shown) figure with an (n_rows, n_cols) array of bare axes."""
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(cell * n_cols, cell * n_rows), squeeze=False)
+    plt.close(fig)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return fig, axes
+
+
+def _draw_mask(ax: Any, mask: np.ndarray) -> None:
+    """Red translucent fill plus a red contour where mask > 0.5 (nothing for normal images)."""
+    if not (mask > 0.5).any():
+        return
+    fill = np.zeros((*mask.shape, 4), dtype=np.float32)
+    fill[mask > 0.5] = MASK_RGBA
+    ax.imshow(fill)
+    ax.contour(mask, levels=[0.5], colors="red", linewidths=1.0)
+
+
+# --------------------------------------------------------------------------- static figures
+
+
+def show_samples(
+    batch_or_samples: Any, n: int = 8, overlay: bool = True, title: str | None = None
+) -> Figure:
+    """A grid of the first ``n`` images with their defects outlined in red.
+
+    Args:
+        batch_or_samples: a Batch-like object (``.images`` (B, 3, H, W), ``.masks``
+            (B, 1, H, W), ``.categories``, ``.defect_types``), a list of Sample-like objects
+            (``.image`` (3, H, W), ``.mask`` (1, H, W), ...), or plain images (B, 3, H, W).
+        n: number of images shown (at most 4 per row).
+        overlay: draw the ground-truth mask as a red fill and contour.
+        title: figure title.
+
+    Returns:
+        Figure with one axes per shown image, captioned "category / defect type".
+    """
+    images, masks, captions = _unpack(batch_or_samples, n)
+    n = len(images)
+    if n < 1:
+        raise ValueError("show_samples() got no images to show.")
+    n_cols = min(n, 4)
+    fig, axes = _grid(math.ceil(n / n_cols), n_cols)
+    for i, ax in enumerate(axes.flat):
+        if i >= n:
+            ax.remove()  # empty cells of the last row
+            continue
+        ax.imshow(images[i])
+        if overlay and masks is not None:
+            _draw_mask(ax, masks[i])
+        if captions:
+            ax.set_title(captions[i], fontsize=9)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def show_anomaly_maps(
+    images: Any, maps: Any, masks: Any = None, recons: Any = None, n: int = 6
+) -> Figure:
+    """One column per image; rows: input, reconstruction, anomaly map, ground truth.
+
+    Args:
+        images: (B, 3, H, W) in [0, 1], or a Batch-like object (its masks are used when
+            ``masks`` is None).
+        maps: (B, H, W) or (B, 1, H, W) anomaly maps; any resolution (stretched over the
+            image). One colour scale is shared by all shown maps, so columns compare.
+        masks: (B, 1, H, W) or (B, H, W) ground truth, or None (row left out).
+        recons: (B, 3, H, W) reconstructions (the diffusion model's "normal" repaint), or
+            None (row left out).
+        n: number of columns (images) shown.
+
+    Returns:
+        Figure with (2 + recons given + masks given) * n axes.
+    """
+    n_images = len(getattr(images, "images", images))
+    if len(maps) != n_images:
+        raise ValueError(f"Got {n_images} images but {len(maps)} anomaly maps.")
+    images_np, batch_masks, captions = _unpack(images, n)
+    masks = batch_masks if masks is None else _maps_hw(masks[:n], "masks")
+    maps = _maps_hw(maps[:n], "maps")
+    n = len(images_np)
+    rows = ["input"] + (["reconstruction"] if recons is not None else [])
+    rows += ["anomaly map"] + (["ground truth"] if masks is not None else [])
+    recons = None if recons is None else _images_hwc(recons[:n])
+    vmin, vmax = float(maps[:n].min()), float(maps[:n].max())
+    fig, axes = _grid(len(rows), n)
+    for j in range(n):
+        h, w = images_np[j].shape[:2]
+        for r, row in enumerate(rows):
+            ax = axes[r, j]
+            if row == "input":
+                ax.imshow(images_np[j])
+            elif row == "reconstruction":
+                ax.imshow(recons[j])
+            elif row == "anomaly map":  # heat overlay, the map stretched over the image
+                ax.imshow(images_np[j])
+                ax.imshow(maps[j], cmap="jet", alpha=0.5, vmin=vmin, vmax=vmax, extent=(0, w, h, 0))
+            else:
+                ax.imshow(masks[j], cmap="gray", vmin=0, vmax=1)
+            if j == 0:
+                ax.set_ylabel(row)
+        if captions:
+            axes[0, j].set_title(captions[j], fontsize=9)
+    fig.suptitle(f"anomaly map colour scale: {vmin:.3g} (blue) to {vmax:.3g} (red)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def _curves_from(history: Any, x: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Records [{x: .., key: ..}, ...] or {key: ys | (xs, ys)} -> {key: (xs, ys)}."""
+    if isinstance(history, Mapping):
+        out = {}
+        for key, value in history.items():
+            if isinstance(value, tuple) and len(value) == 2:
+                out[key] = (_numpy(value[0]), _numpy(value[1]))
+            else:
+                ys = _numpy(value)
+                out[key] = (np.arange(len(ys)), ys)
+        return out
+    keys = [k for rec in history for k in rec if k != x]
+    out = {}
+    for key in dict.fromkeys(keys):  # keep first-seen order
+        recs = [(i, rec) for i, rec in enumerate(history) if rec.get(key) is not None]
+        xs = np.array([rec.get(x, i) for i, rec in recs], dtype=float)
+        out[key] = (xs, np.array([rec[key] for _, rec in recs], dtype=float))
+    return out
+
+
+def plot_curves(
+    history: Any,
+    keys: Sequence[str] | None = None,
+    x: str = "step",
+    title: str | None = None,
+    logy: bool | Sequence[str] = False,
+) -> Figure:
+    """Training curves, one panel per quantity (loss and AUROC live on different scales).
+
+    Args:
+        history: either records, e.g. ``[{"step": 0, "loss": 0.9}, {"step": 50, "loss": 0.4,
+            "image_auroc": 0.71}, ...]`` (a key missing from a record is skipped there), or a
+            dict ``{"loss": ys}`` / ``{"loss": (steps, ys)}``.
+        keys: which quantities to plot (default: all but ``x``).
+        x: the record key used as x axis.
+        title: figure title.
+        logy: log-scale all panels (True) or the panels named in a list.
+
+    Returns:
+        Figure with one axes per key; AUROC panels get a dashed chance line at 0.5.
+    """
+    curves = _curves_from(history, x)
+    keys = list(curves) if keys is None else list(keys)
+    missing = [k for k in keys if k not in curves]
+    if missing or not keys:
+        raise ValueError(f"plot_curves(): no data for {missing or 'any key'}; have {list(curves)}.")
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.0 * len(keys), 3.0), squeeze=False)
+    plt.close(fig)
+    for ax, key in zip(axes.flat, keys, strict=True):
+        xs, ys = curves[key]
+        ax.plot(xs, ys, marker="." if len(ys) < 30 else None)
+        if "auroc" in key.lower():
+            ax.axhline(0.5, color="gray", linestyle="--", linewidth=1, label="chance")
+        if logy is True or (not isinstance(logy, bool) and key in logy):
+            ax.set_yscale("log")
+        ax.set_xlabel(x)
+        ax.set_title(key)
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------- plotly
+
+
+def plotly_js_mode() -> str | bool:
+    """How plotly.js gets into the HTML: the one place that reads ``$CCAD_PLOTLYJS``.
+
+    "cdn" (default): a <script> tag to cdn.plot.ly (small pages, needs internet to view);
+    "inline": the whole library embedded in every figure (offline, ~4 MB each);
+    "require": loaded through require.js; a value ending in ".js": that script's path/URL.
+    The result is plotly's ``to_html(include_plotlyjs=...)`` argument.
+    """
+    value = os.environ.get(PLOTLYJS_ENV, "cdn").strip()
+    if value.lower() in ("cdn", "require"):
+        return value.lower()
+    if value.lower() == "inline":
+        return True
+    if value.endswith(".js"):
+        return value
+    raise ValueError(
+        f"{PLOTLYJS_ENV}={value!r} is not understood; use 'cdn', 'inline', 'require' "
+        "or a path/URL ending in '.js'."
+    )
+
+
+def plotly_html(fig: go.Figure, include_plotlyjs: str | bool | None = None) -> Any:
+    """The figure as an ``IPython.display.HTML`` object (a ``text/html`` output).
+
+    ``include_plotlyjs`` defaults to :func:`plotly_js_mode` (the env var).
+    """
+    from IPython.display import HTML  # IPython comes with Jupyter; imported only when used
+
+    mode = plotly_js_mode() if include_plotlyjs is None else include_plotlyjs
+    return HTML(fig.to_html(include_plotlyjs=mode, full_html=False))
+
+
+def show_plotly(fig: go.Figure) -> None:
+    """Display a plotly figure so that it survives into the static book.
+
+    In Google Colab: ``fig.show()`` (Colab renders plotly natively). Elsewhere: display
+    :func:`plotly_html` (``text/html``), because plotly's default headless output
+    (``application/vnd.plotly.v1+json``) is dropped by the Jupyter Book build.
+    """
+    if "google.colab" in sys.modules:
+        fig.show()
+        return
+    from IPython.display import display
+
+    display(plotly_html(fig))
+
+
+def _jpeg_data_uri(frame: Any, max_size: int) -> str:
+    """(H, W, 3) or (H, W) float in [0, 1] or uint8 -> JPEG data URI, at most max_size px.
+
+    JPEG, not PNG: noisy x_t frames barely compress losslessly (4x larger as PNG).
+    """
+    x = _numpy(frame)
+    if x.ndim not in (2, 3) or (x.ndim == 3 and x.shape[2] != 3):
+        raise ValueError(
+            f"image_slider() frames must be (H, W, 3) or (H, W), got {x.shape}; "
+            "convert a (3, H, W) tensor with t.permute(1, 2, 0)."
+        )
+    if x.dtype != np.uint8:
+        x = (np.clip(x, 0, 1) * 255).round().astype(np.uint8)
+    step = max(1, math.ceil(max(x.shape[:2]) / max_size))
+    buffer = io.BytesIO()
+    Image.fromarray(x[::step, ::step]).save(
+        buffer, format="JPEG", quality=90
+    )  # strided: keeps noise
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def image_slider(
+    frames: Sequence[Any],
+    labels: Sequence[str] | None = None,
+    title: str | None = None,
+    max_frames: int = 20,
+    max_size: int = 128,
+) -> go.Figure:
+    """An image with a slider over precomputed frames (e.g. x_t for t = T ... 0).
+
+    Args:
+        frames: list of (H, W, 3) or (H, W) images, float in [0, 1] or uint8.
+        labels: one slider label per frame (e.g. "t=999"); default the frame index.
+        title: figure title.
+        max_frames: keep at most this many frames, evenly spaced, first and last included.
+        max_size: downsample frames to at most this many pixels per side (small HTML).
+
+    Returns:
+        plotly Figure with one ``go.Frame`` and one slider step per kept frame; it works
+        without a Python kernel. Show it with :func:`show_plotly`.
+    """
+    labels = [str(i) for i in range(len(frames))] if labels is None else list(labels)
+    if len(labels) != len(frames) or not frames:
+        raise ValueError(f"image_slider() got {len(frames)} frames and {len(labels)} labels.")
+    keep = np.unique(np.linspace(0, len(frames) - 1, min(max_frames, len(frames))).round())
+    uris = [_jpeg_data_uri(frames[int(i)], max_size) for i in keep]
+    names = [labels[int(i)] for i in keep]
+    animate = {"mode": "immediate", "frame": {"duration": 300, "redraw": True}}
+    steps = [
+        {
+            "method": "animate",
+            "label": name,
+            "args": [[str(k)], {**animate, "transition": {"duration": 0}}],
+        }
+        for k, name in enumerate(names)
+    ]
+    fig = go.Figure(
+        data=[go.Image(source=uris[0])],
+        frames=[go.Frame(data=[go.Image(source=u)], name=str(k)) for k, u in enumerate(uris)],
+    )
+    play = {"label": "play", "method": "animate", "args": [None, animate]}
+    fig.update_layout(
+        title=title,
+        sliders=[{"active": 0, "steps": steps, "currentvalue": {"prefix": ""}}],
+        updatemenus=[{"type": "buttons", "buttons": [play], "x": 0, "y": 0, "xanchor": "right"}],
+        xaxis={"visible": False},
+        yaxis={"visible": False},
+        width=420,
+        height=480,
+        margin={"l": 10, "r": 10, "t": 40 if title else 10, "b": 10},
+    )
+    return fig
+
+
+def scatter_2d(
+    points: Any,
+    labels: Sequence[Any] | None = None,
+    title: str | None = None,
+    hover: Sequence[str] | None = None,
+    marker_size: int = 6,
+) -> go.Figure:
+    """Interactive 2-D scatter, one colour (and legend entry) per label.
+
+    Args:
+        points: (N, 2), e.g. a PCA/t-SNE of features, or features with the coreset marked.
+        labels: (N,) group of each point (str or int), e.g. "train", "coreset", "defect".
+        title: figure title.
+        hover: (N,) text shown on hover (e.g. file names).
+        marker_size: marker diameter in px.
+
+    Returns:
+        plotly Figure; show it with :func:`show_plotly`.
+    """
+    xy = _numpy(points).astype(float)
+    if xy.ndim != 2 or xy.shape[1] != 2:
+        raise ValueError(f"scatter_2d() needs points of shape (N, 2), got {xy.shape}.")
+    groups = np.array(["all"] * len(xy) if labels is None else [str(g) for g in labels])
+    texts = None if hover is None else np.asarray(hover, dtype=str)
+    if len(groups) != len(xy) or (texts is not None and len(texts) != len(xy)):
+        raise ValueError("scatter_2d(): labels and hover need one entry per point.")
+    fig = go.Figure()
+    for group in dict.fromkeys(groups):  # first-seen order
+        sel = groups == group
+        fig.add_trace(
+            go.Scatter(  # SVG, not WebGL: browsers cap WebGL contexts per page
+                x=xy[sel, 0],
+                y=xy[sel, 1],
+                mode="markers",
+                name=group,
+                marker={"size": marker_size},
+                text=None if texts is None else texts[sel],
+            )
+        )
+    fig.update_layout(title=title, showlegend=labels is not None, width=560, height=460)
+    return fig
