@@ -29,14 +29,15 @@ def _write_json(obj: dict, path: str | None) -> None:
 
 
 def cmd_make_data(args: argparse.Namespace) -> int:
-    from ccad_tutorial.minitex import make_minitex
+    from ccad_tutorial.minitex import ensure_minitex, make_minitex
 
     start = time.perf_counter()
-    out = make_minitex(args.out, size=args.size, seed=args.seed)
-    print(
-        f"MiniTex-AD ({args.size} px, seed {args.seed}) written to {out} "
-        f"in {time.perf_counter() - start:.1f} s"
-    )
+    if args.force:
+        out = make_minitex(args.out, size=args.size, seed=args.seed)
+    else:  # cached: regenerated only when missing, incomplete or made with other parameters
+        out = ensure_minitex(args.out, size=args.size, seed=args.seed)
+    seconds = time.perf_counter() - start
+    print(f"MiniTex-AD ({args.size} px, seed {args.seed}) is in {out} ({seconds:.1f} s)")
     return 0
 
 
@@ -118,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder to write (MVTec-AD layout)")
     p.add_argument("--size", type=int, default=128, help="image size in pixels (64 to 256)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="regenerate even if up to date")
     p.set_defaults(func=cmd_make_data)
 
     p = sub.add_parser("check-data", help="validate a data folder and print its counts")

@@ -1,0 +1,64 @@
+"""The command line: each sub-command runs, and user mistakes end in one clear line, exit 1."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from ccad_tutorial import cli
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    """Run ``python -m ccad_tutorial`` as a user would (a fresh process)."""
+    return subprocess.run(
+        [sys.executable, "-m", "ccad_tutorial", *args], capture_output=True, text=True
+    )
+
+
+def test_help_lists_every_command():
+    out = run_cli("--help")
+    assert out.returncode == 0
+    for command in ("make-data", "check-data", "patchcore", "train", "evaluate"):
+        assert command in out.stdout
+
+
+def test_make_data_then_check_data_prints_counts(tmp_path):
+    root = tmp_path / "minitex"
+    made = run_cli("make-data", "--out", str(root), "--size", "64", "--seed", "1")
+    assert made.returncode == 0, made.stderr
+    checked = run_cli("check-data", "--data", str(root), "--layout", "mvtec")
+    assert checked.returncode == 0, checked.stderr
+    assert "brick" in checked.stdout and "scratch" in checked.stdout
+
+
+def test_check_data_on_missing_root_is_one_line_without_traceback(tmp_path):
+    out = run_cli("check-data", "--data", str(tmp_path / "nowhere"))
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr
+    assert "nowhere" in out.stderr and out.stderr.startswith("error:")
+
+
+def test_check_data_pointed_inside_a_category_says_go_up(minitex_root):
+    out = run_cli("check-data", "--data", str(minitex_root / "brick"))
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert str(minitex_root) in out.stderr
+
+
+def test_main_returns_1_on_value_errors(capsys, tmp_path):
+    code = cli.main(["check-data", "--data", str(tmp_path / "missing")])
+    assert code == 1
+    assert "error:" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_patchcore_writes_metrics_json(minitex_root, tmp_path):
+    out_json = tmp_path / "pc.json"
+    out = run_cli(
+        "patchcore", "--data", str(minitex_root), "--category", "brick",
+        "--image-size", "64", "--json", str(out_json),
+    )
+    assert out.returncode == 0, out.stderr
+    metrics = json.loads(out_json.read_text())
+    for key in ("image_auroc", "pixel_auroc", "aupro", "f1_max"):
+        assert 0.0 <= metrics[key] <= 1.0
