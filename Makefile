@@ -29,7 +29,7 @@ data: venv
 	$(PY) -m ccad_tutorial make-data --out $(CCAD_CACHE)/minitex-ad_s128_seed0
 
 book: venv data
-	$(VENV)/bin/jupyter-book build . -W --keep-going
+	$(VENV)/bin/jupyter-book build . --all -W --keep-going
 
 lint: venv
 	$(VENV)/bin/ruff check ccad_tutorial tests benchmarks
