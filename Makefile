@@ -32,8 +32,8 @@ book: venv data
 	$(VENV)/bin/jupyter-book build . --all -W --keep-going
 
 lint: venv
-	$(VENV)/bin/ruff check ccad_tutorial tests benchmarks
-	$(VENV)/bin/ruff format --check ccad_tutorial tests benchmarks
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 test: venv lint
 	$(PY) -m pytest -q; rc=$$?; \
