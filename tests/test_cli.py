@@ -55,10 +55,34 @@ def test_main_returns_1_on_value_errors(capsys, tmp_path):
 def test_patchcore_writes_metrics_json(minitex_root, tmp_path):
     out_json = tmp_path / "pc.json"
     out = run_cli(
-        "patchcore", "--data", str(minitex_root), "--category", "brick",
-        "--image-size", "64", "--json", str(out_json),
+        "patchcore",
+        "--data",
+        str(minitex_root),
+        "--category",
+        "brick",
+        "--image-size",
+        "64",
+        "--json",
+        str(out_json),
     )
     assert out.returncode == 0, out.stderr
     metrics = json.loads(out_json.read_text())
     for key in ("image_auroc", "pixel_auroc", "aupro", "f1_max"):
         assert 0.0 <= metrics[key] <= 1.0
+
+
+def test_evaluate_on_a_folder_that_is_not_a_run_says_how_to_make_one(minitex_root, tmp_path):
+    out = run_cli(
+        "evaluate", "--run", str(tmp_path), "--data", str(minitex_root), "--category", "brick"
+    )
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "not a CCAD run" in out.stderr and "ccad-tutorial train" in out.stderr
+
+
+def test_train_on_a_missing_category_is_a_clear_error(minitex_root, tmp_path):
+    out = run_cli(
+        "train", "--data", str(minitex_root), "--category", "carpet", "--out", str(tmp_path / "r")
+    )
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "carpet" in out.stderr
+    assert not (tmp_path / "r").exists()  # nothing written

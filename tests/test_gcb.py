@@ -1,0 +1,125 @@
+"""Tests of the Global-feature Conditioned Block (ccad_tutorial/gcb.py)."""
+
+import pytest
+import torch
+from diffusers import UNet2DConditionModel
+from diffusers.models.attention import BasicTransformerBlock
+
+from ccad_tutorial.gcb import GlobalFeatureConditionedBlock, find_gcbs, load_from_diffusers
+
+
+def _random_basic_block() -> BasicTransformerBlock:
+    """A diffusers block with random weights everywhere (LayerNorms and biases too)."""
+    torch.manual_seed(0)
+    basic = BasicTransformerBlock(32, 4, 8, cross_attention_dim=24, activation_fn="geglu")
+    with torch.no_grad():
+        for param in basic.parameters():
+            param.normal_(0.0, 0.2)
+    return basic.eval()
+
+
+def _inputs():
+    generator = torch.Generator().manual_seed(1)
+    return torch.randn(2, 10, 32, generator=generator), torch.randn(2, 7, 24, generator=generator)
+
+
+def _tiny_unet() -> UNet2DConditionModel:
+    torch.manual_seed(0)
+    return UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        layers_per_block=1,
+        cross_attention_dim=24,
+        attention_head_dim=8,
+        norm_num_groups=8,
+        sample_size=16,
+    ).eval()
+
+
+def test_gcb_matches_diffusers_basic_transformer_block():
+    basic = _random_basic_block()
+    gcb = load_from_diffusers(GlobalFeatureConditionedBlock(32, 4, 8, context_dim=24), basic)
+    x, ctx = _inputs()
+    with torch.no_grad():
+        expected = basic(x, encoder_hidden_states=ctx)
+        out = gcb(x, ctx)
+        out_explicit, _ = gcb(x, ctx, return_attention=True)
+    assert torch.allclose(out, expected, atol=1e-5)
+    assert torch.allclose(out_explicit, expected, atol=1e-5)
+
+
+def test_gcb_from_diffusers_reads_sizes_from_the_block():
+    basic = _random_basic_block()
+    gcb = GlobalFeatureConditionedBlock.from_diffusers(basic)
+    x, ctx = _inputs()
+    with torch.no_grad():
+        assert torch.allclose(gcb(x, ctx), basic(x, encoder_hidden_states=ctx), atol=1e-5)
+
+
+def test_gcb_cross_attention_rows_sum_to_one():
+    torch.manual_seed(0)
+    x, ctx = _inputs()
+    out, weights = GlobalFeatureConditionedBlock(32, 4, 8, context_dim=24)(x, ctx, True)
+    assert out.shape == (2, 10, 32)
+    assert weights.shape == (2, 4, 10, 7)
+    assert torch.allclose(weights.sum(-1), torch.ones(2, 4, 10), atol=1e-5)
+
+
+def test_gcb_gradients_reach_the_bank_tokens_and_cross_attention():
+    torch.manual_seed(0)
+    gcb = GlobalFeatureConditionedBlock(32, 4, 8, context_dim=24)
+    x, ctx = _inputs()
+    ctx.requires_grad_(True)
+    gcb(x, ctx).pow(2).sum().backward()
+    assert ctx.grad.abs().sum() > 0
+    assert gcb.attn2.to_k.weight.grad.abs().sum() > 0
+    assert gcb.ff_in.weight.grad.abs().sum() > 0
+
+
+def test_gcb_names_the_expected_context_dim():
+    gcb = GlobalFeatureConditionedBlock(32, 4, 8, context_dim=24)
+    with pytest.raises(ValueError, match=r"\(B, M, 24\)"):
+        gcb(torch.randn(1, 10, 32), torch.randn(1, 7, 16))
+
+
+def test_load_from_diffusers_rejects_mismatched_sizes():
+    with pytest.raises(ValueError, match="attn2.to_k.weight"):
+        load_from_diffusers(GlobalFeatureConditionedBlock(32, 4, 8, 16), _random_basic_block())
+
+
+def test_load_from_diffusers_rejects_non_geglu_blocks():
+    basic = BasicTransformerBlock(32, 4, 8, cross_attention_dim=24, activation_fn="gelu")
+    with pytest.raises(ValueError, match="activation_fn='gelu'"):
+        GlobalFeatureConditionedBlock.from_diffusers(basic)
+
+
+def test_find_gcbs_lists_the_cross_attention_blocks_of_a_unet():
+    names = [name for name, _ in find_gcbs(_tiny_unet())]
+    assert names  # the down, mid and up levels with cross-attention
+    assert all(name.endswith("transformer_blocks.0") for name in names)
+    assert any(name.startswith("down_blocks.1") for name in names)
+    assert any(name.startswith("up_blocks.0") for name in names)
+    assert not any(name.startswith(("down_blocks.0", "up_blocks.1")) for name in names)
+
+
+def test_unet_output_depends_on_the_bank_tokens():
+    unet = _tiny_unet()
+    sample = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(2))
+    bank_a, bank_b = torch.randn(2, 1, 5, 24, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        out_a = unet(sample, 10, encoder_hidden_states=bank_a).sample
+        out_b = unet(sample, 10, encoder_hidden_states=bank_b).sample
+        out_a_again = unet(sample, 10, encoder_hidden_states=bank_a).sample
+    assert torch.equal(out_a, out_a_again)
+    assert (out_a - out_b).abs().max() > 1e-4
+
+
+def test_gcb_replays_a_unet_cross_attention_block():
+    unet = _tiny_unet()
+    name, basic = find_gcbs(unet)[0]
+    gcb = GlobalFeatureConditionedBlock.from_diffusers(basic)
+    x = torch.randn(1, 16, basic.dim)
+    bank = torch.randn(1, 5, 24)
+    with torch.no_grad():
+        assert torch.allclose(gcb(x, bank), basic(x, encoder_hidden_states=bank), atol=1e-5)
