@@ -1,0 +1,192 @@
+"""Training a CCAD run: the loop, checkpoints, resume, and the errors a student can hit."""
+
+import csv
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ccad_tutorial.datasets import DataError, load_split
+from ccad_tutorial.model import CCAD
+from ccad_tutorial.presets import make_config
+from ccad_tutorial.train import TrainingDiverged, evaluate_run, load_run, train_run
+
+FAST = dict(
+    image_size=32,
+    crop_size=16,
+    batch_size=4,
+    vae_steps=2,
+    num_queries=8,
+    checkpoint_every=2,
+    block_out_channels=(16, 32, 32),
+    norm_num_groups=8,
+    cross_attention_dim=32,
+    vae_block_out_channels=(16, 16, 16),
+)
+
+
+def run(data, out, steps=4, variant="F", **kw):
+    return train_run(
+        data, "brick", out, variant=variant, steps=steps, progress=False, **{**FAST, **kw}
+    )
+
+
+def same_weights(a, b) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_few_steps_reduce_the_loss_on_a_fixed_batch():
+    torch.manual_seed(0)
+    small = {k: v for k, v in FAST.items() if k not in ("vae_steps", "checkpoint_every")}
+    cfg = make_config("tiny", "C", scaling_factor=1.0, lr=2e-3, **small)
+    model = CCAD(cfg, torch.randn(8, 16))
+    images = torch.rand(4, 3, 32, 32)
+    x0 = model.encode(images)
+    opt = torch.optim.AdamW(model.trainable_parameters(), lr=cfg.lr)
+    losses = []
+    for _ in range(10):
+        loss = model.loss(x0, images, generator=torch.Generator().manual_seed(0))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def test_train_run_writes_a_complete_run_directory(minitex_root, tmp_path):
+    summary = run(minitex_root, tmp_path / "run")
+    files = {p.name for p in (tmp_path / "run").iterdir()}
+    assert {"config.json", "bank.safetensors", "vae.safetensors", "model.safetensors"} <= files
+    assert {"trainer_state.pt", "loss_log.csv"} <= files
+    assert not any(name.endswith(".tmp") for name in files)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["variant"] == "F" and config["scaling_factor"] > 0
+    rows = list(csv.DictReader((tmp_path / "run" / "loss_log.csv").open()))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
+    assert summary["steps"] == 4 and "vae_s" in summary["times"]
+    state = torch.load(tmp_path / "run" / "trainer_state.pt", weights_only=True)
+    assert state["step"] == 4
+
+
+def test_load_run_rebuilds_the_saved_weights(minitex_root, tmp_path):
+    run(minitex_root, tmp_path / "run", steps=2, variant="C", guidance="bottleneck")
+    model, cfg = load_run(tmp_path / "run")
+    saved = load_file(str(tmp_path / "run" / "model.safetensors"))
+    assert same_weights(model.state_dict(), saved)
+    assert cfg.guidance == "bottleneck" and model.controlnet is not None
+
+
+def test_resume_continues_at_the_saved_step_like_an_uninterrupted_run(
+    minitex_root, tmp_path, capsys
+):
+    run(minitex_root, tmp_path / "straight", steps=4)
+    run(minitex_root, tmp_path / "split", steps=2)
+    summary = run(minitex_root, tmp_path / "split", steps=4, resume=True)
+    assert f"Resumed from {tmp_path / 'split'} at step 2" in capsys.readouterr().out
+    assert summary["steps"] == 4
+    a = load_file(str(tmp_path / "straight" / "model.safetensors"))
+    b = load_file(str(tmp_path / "split" / "model.safetensors"))
+    assert same_weights(a, b)
+    rows = list(csv.DictReader((tmp_path / "split" / "loss_log.csv").open()))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
+
+
+def test_truncated_checkpoint_is_a_clear_error_and_nothing_is_overwritten(minitex_root, tmp_path):
+    run(minitex_root, tmp_path / "run", steps=2)
+    path = tmp_path / "run" / "model.safetensors"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        load_run(tmp_path / "run")
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        run(minitex_root, tmp_path / "run", steps=4, resume=True)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()} == before
+
+
+def test_corrupt_trainer_state_is_a_clear_error(minitex_root, tmp_path):
+    run(minitex_root, tmp_path / "run", steps=2)
+    (tmp_path / "run" / "trainer_state.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="trainer_state.pt is corrupt"):
+        run(minitex_root, tmp_path / "run", steps=4, resume=True)
+
+
+def test_resume_with_another_variant_names_both(minitex_root, tmp_path):
+    run(minitex_root, tmp_path / "run", steps=2)
+    with pytest.raises(ValueError, match="variant 'F'.*variant 'C'"):
+        run(minitex_root, tmp_path / "run", steps=4, variant="C", resume=True)
+
+
+def test_a_folder_without_config_is_not_a_run(tmp_path):
+    with pytest.raises(ValueError, match="is not a CCAD run"):
+        load_run(tmp_path)
+
+
+def test_existing_run_is_not_overwritten_without_resume(minitex_root, tmp_path):
+    run(minitex_root, tmp_path / "run", steps=2)
+    before = (tmp_path / "run" / "model.safetensors").read_bytes()
+    with pytest.raises(ValueError, match="--resume"):
+        run(minitex_root, tmp_path / "run", steps=2)
+    assert (tmp_path / "run" / "model.safetensors").read_bytes() == before
+
+
+def test_missing_category_fails_before_anything_is_written(minitex_root, tmp_path):
+    with pytest.raises(DataError, match="not in"):
+        train_run(minitex_root, "wood", tmp_path / "run", steps=1, progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
+    minitex_root, tmp_path, monkeypatch
+):
+    calls = {"n": 0}
+    loss = CCAD.loss
+
+    def nan_from_step_3(self, *args, **kwargs):
+        calls["n"] += 1
+        value = loss(self, *args, **kwargs)
+        return value * float("nan") if calls["n"] >= 3 else value
+
+    monkeypatch.setattr(CCAD, "loss", nan_from_step_3)
+    with pytest.raises(TrainingDiverged, match="step 3.*step 2"):
+        run(minitex_root, tmp_path / "run", steps=4)
+    state = torch.load(tmp_path / "run" / "trainer_state.pt", weights_only=True)
+    assert state["step"] == 2
+    weights = load_file(str(tmp_path / "run" / "model.safetensors"))
+    assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+def test_evaluate_run_reports_metrics_json_and_grid(minitex_root, tmp_path):
+    run(minitex_root, tmp_path / "run", steps=2, variant="uncond", ddim_steps=2)
+    result = evaluate_run(
+        tmp_path / "run", minitex_root, "brick", json_out=tmp_path / "m.json",
+        grid_png=tmp_path / "grid.png", progress=False,
+    )  # fmt: skip
+    for key in ("image_auroc", "pixel_auroc", "aupro", "f1_max"):
+        assert 0.0 <= result[key] <= 1.0
+    assert json.loads((tmp_path / "m.json").read_text())["image_auroc"] == result["image_auroc"]
+    assert (tmp_path / "grid.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_retrieved_run_saves_the_extractor_its_bank_was_built_with(minitex_root, tmp_path):
+    run(minitex_root, tmp_path / "run", steps=2, variant="C", bank_mode="retrieved")
+    model, _ = load_run(tmp_path / "run")
+    images = load_split(minitex_root, "mvtec", "brick", "train", image_size=32).images
+    query = model.global_features(images)
+    bank = model.bank
+    assert (
+        min(torch.cdist(query, bank).min(dim=1).values.tolist()) < 1e-3
+    )  # bank rows = train features
+    assert model.reconstruct(images[:2]).shape == (2, 3, 32, 32)
+
+
+def test_ema_weights_are_saved_and_used_for_evaluation(minitex_root, tmp_path):
+    run(minitex_root, tmp_path / "run", steps=2, variant="C", ema_decay=0.5)
+    assert (tmp_path / "run" / "ema.safetensors").is_file()
+    ema_model, _ = load_run(tmp_path / "run", use_ema=True)
+    raw_model, _ = load_run(tmp_path / "run", use_ema=False)
+    a, b = ema_model.unet.conv_out.weight, raw_model.unet.conv_out.weight
+    assert not torch.equal(a, b)
+    torch.testing.assert_close(
+        ema_model.vae.decoder.conv_out.weight, raw_model.vae.decoder.conv_out.weight
+    )
