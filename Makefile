@@ -8,13 +8,12 @@ export CCAD_CACHE ?= $(CURDIR)/data
 export CCAD_MODE ?= fast
 export MPLBACKEND ?= Agg
 
-.PHONY: help venv data book test lint bench bench-quick clean
+.PHONY: help venv data book test lint clean
 
 help:
 	@echo "make book   - build the executed book into _build/html (fast mode, embedded data)"
 	@echo "make test   - run the whole test suite (what CI runs)"
 	@echo "make data   - generate the embedded MiniTex-AD data set into ./data"
-	@echo "make bench  - regenerate benchmarks/results (long; see README)"
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
