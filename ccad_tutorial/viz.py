@@ -40,6 +40,7 @@ __all__ = [
     "plotly_js_mode",
     "image_slider",
     "scatter_2d",
+    "coreset_steps",
 ]
 
 PLOTLYJS_ENV = "CCAD_PLOTLYJS"  # "cdn" (default), "inline", "require", or a path/URL to a .js
@@ -447,4 +448,64 @@ def scatter_2d(
             )
         )
     fig.update_layout(title=title, showlegend=labels is not None, width=560, height=460)
+    return fig
+
+
+def coreset_steps(
+    points: Any,
+    indices: Any,
+    steps: Sequence[int] | None = None,
+    title: str | None = None,
+) -> go.Figure:
+    """Greedy k-center, step by step: a plotly figure with one slider frame per step.
+
+    Args:
+        points: (N, 2) points (a toy set, or a 2-D view of features).
+        indices: (M,) the coreset in selection order (``greedy_coreset`` output).
+        steps: the numbers of centres to show (default: 1..min(M, 20)).
+        title: figure title.
+
+    Each frame colours every point by its distance to the nearest chosen centre, marks the
+    centres, and circles the farthest point: the one the next step adds. Precomputed frames,
+    so the figure works in the static book. Show it with :func:`show_plotly`.
+    """
+    xy = _numpy(points).astype(float)
+    order = _numpy(indices).astype(int)
+    steps = list(range(1, min(len(order), 20) + 1)) if steps is None else list(steps)
+    frames = []
+    for m in steps:
+        centres = xy[order[:m]]
+        dist = np.sqrt(((xy[:, None, :] - centres[None]) ** 2).sum(-1)).min(1)  # (N,)
+        far = int(dist.argmax())
+        frames.append(
+            go.Frame(
+                name=str(m),
+                data=[
+                    go.Scatter(x=xy[:, 0], y=xy[:, 1], mode="markers",
+                               marker={"size": 6, "color": dist, "colorscale": "Viridis",
+                                       "cmin": 0, "cmax": float(dist.max()) or 1.0},
+                               name="points"),
+                    go.Scatter(x=centres[:, 0], y=centres[:, 1], mode="markers",
+                               marker={"size": 11, "color": "red", "symbol": "x"},
+                               name="centres"),
+                    go.Scatter(x=[xy[far, 0]], y=[xy[far, 1]], mode="markers",
+                               marker={"size": 16, "color": "rgba(0,0,0,0)",
+                                       "line": {"color": "red", "width": 2}},
+                               name="next (farthest)"),
+                ],
+                layout={"title": f"{title or 'greedy k-center'}: {m} centres, "
+                                 f"covering radius {dist.max():.2f}"},
+            )
+        )  # fmt: skip
+    animate = {"mode": "immediate", "frame": {"duration": 400, "redraw": True}}
+    slider_steps = [
+        {"method": "animate", "label": str(m), "args": [[str(m)], animate]} for m in steps
+    ]
+    fig = go.Figure(data=frames[0].data, frames=frames, layout=frames[0].layout)
+    fig.update_layout(
+        sliders=[{"active": 0, "steps": slider_steps, "currentvalue": {"prefix": "centres: "}}],
+        updatemenus=[{"type": "buttons", "x": 0, "y": 0, "xanchor": "right",
+                      "buttons": [{"label": "play", "method": "animate", "args": [None, animate]}]}],
+        width=560, height=520, xaxis={"scaleanchor": "y"},
+    )  # fmt: skip
     return fig

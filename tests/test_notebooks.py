@@ -16,6 +16,8 @@ CHAPTERS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 CELL_TIMEOUT_S = 600  # papermill's per-cell limit
 BUDGET_S = {  # whole-notebook limits (generous: machines are noisy; the book times them)
     "01_anomaly_detection_and_data": 300,
+    "03_global_features_and_coreset": 600,
+    "04_fine_compression_module": 600,
 }
 
 
@@ -28,6 +30,27 @@ def check_01_anomaly_detection_and_data(r: dict) -> None:
     a, b = r["toy_pixel"]["A"], r["toy_pixel"]["B"]
     # The text's claim: pixel AUROC prefers the large-defects map, AUPRO the every-defect map.
     assert a["pixel_auroc"] > b["pixel_auroc"] and a["aupro"] < b["aupro"]
+
+
+def check_03_global_features_and_coreset(r: dict) -> None:
+    # The text's claims: greedy covers better than random at every xi; PatchCore beats chance.
+    for xi, radius in r["greedy_radius"].items():
+        assert radius < r["random_radius"][xi]
+    assert r["bank_size"] >= 8
+    assert r["patchcore_mean"]["image_auroc"] > 0.7 and r["patchcore_mean"]["pixel_auroc"] > 0.7
+    for category in r["patchcore"].values():
+        assert 0.0 <= category["aupro"] <= 1.0
+
+
+def check_04_fine_compression_module(r: dict) -> None:
+    fid = r["fidelity"]
+    ks = sorted(int(name.split("=")[1]) for name in fid if name.startswith("FCM"))
+    smallest, largest = fid[f"FCM K={ks[0]}"], fid[f"FCM K={ks[-1]}"]
+    # The text's claims: one query cannot stand in for a multi-category bank, a few can.
+    assert smallest < largest - 0.3
+    assert largest > fid["CFB (M tokens)"] - 0.05
+    cost = {int(t): ms for t, ms in r["cost_ms"].items()}
+    assert cost[max(cost)] > 5 * cost[ks[-1]]  # attention cost grows with the tokens
 
 
 CHECKS = {name[len("check_") :]: fn for name, fn in globals().items() if name.startswith("check_")}

@@ -182,3 +182,15 @@ def test_scatter_2d_has_one_trace_per_label():
     assert len(fig.data[1].x) == 10
     with pytest.raises(ValueError, match=r"\(N, 2\)"):
         viz.scatter_2d(np.zeros((5, 3)))
+
+
+def test_coreset_steps_has_one_frame_per_step_and_marks_the_centres():
+    from ccad_tutorial.coreset import greedy_coreset
+    from ccad_tutorial.viz import coreset_steps
+
+    points = torch.randn(60, 2, generator=torch.Generator().manual_seed(0))
+    order = greedy_coreset(points, n=8, projection_dim=None)
+    fig = coreset_steps(points, order, steps=[1, 4, 8])
+    assert [f.name for f in fig.frames] == ["1", "4", "8"]
+    assert len(fig.frames[2].data[1].x) == 8  # eight centres in the last frame
+    assert len(fig.layout.sliders[0].steps) == 3
