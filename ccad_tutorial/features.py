@@ -208,16 +208,18 @@ class FeatureExtractor(nn.Module):
         norms = [
             m for m in self.backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
         ]
+        if not norms:  # e.g. a VAE (GroupNorm only): nothing to re-estimate
+            return self
         momenta = [m.momentum for m in norms]
         for norm in norms:
             norm.reset_running_stats()
             norm.momentum = None
-        nn.Module.train(self.backbone, True)
+        self.backbone.train()
         try:
             for batch in images.split(batch_size):
                 self._feature_maps(batch)
         finally:
-            nn.Module.train(self.backbone, False)
+            self.backbone.eval()
             for norm, momentum in zip(norms, momenta, strict=True):
                 norm.momentum = momentum
         return self
