@@ -49,8 +49,9 @@ def check_04_fine_compression_module(r: dict) -> None:
     # The text's claims: one query cannot stand in for a multi-category bank, a few can.
     assert smallest < largest - 0.3
     assert largest > fid["CFB (M tokens)"] - 0.05
-    cost = {int(t): ms for t, ms in r["cost_ms"].items()}
-    assert cost[max(cost)] > 5 * cost[ks[-1]]  # attention cost grows with the tokens
+    # Timings are printed and plotted, never asserted (machines are noisy): only that each
+    # token count was measured.
+    assert all(ms > 0 for ms in r["cost_ms"].values()) and str(ks[-1]) in r["cost_ms"]
 
 
 CHECKS = {name[len("check_") :]: fn for name, fn in globals().items() if name.startswith("check_")}
