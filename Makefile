@@ -6,14 +6,15 @@ PY     := $(VENV)/bin/python
 export CCAD_CACHE ?= $(CURDIR)/data
 # The book and the tests run the chapters in fast mode (offline, CPU).
 export CCAD_MODE ?= fast
-export MPLBACKEND ?= Agg
 
-.PHONY: help venv data book test lint clean
+.PHONY: help venv data book test lint bench bench-quick clean
 
 help:
 	@echo "make book   - build the executed book into _build/html (fast mode, embedded data)"
 	@echo "make test   - run the whole test suite (what CI runs)"
 	@echo "make data   - generate the embedded MiniTex-AD data set into ./data"
+	@echo "make bench  - regenerate benchmarks/results/*.json (hours on 2 CPU cores; cached, resumable)"
+	@echo "make bench-quick - every benchmark script on tiny settings (a few minutes)"
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,8 +28,10 @@ venv: $(VENV)/.installed
 data: venv
 	$(PY) -m ccad_tutorial make-data --out $(CCAD_CACHE)/minitex-ad_s128_seed0
 
+# Kernels must draw figures inline: under MPLBACKEND=Agg a chapter's matplotlib figures
+# reach the book as the text "<Figure size ... with N Axes>".
 book: venv data
-	$(VENV)/bin/jupyter-book build . --all -W --keep-going
+	env -u MPLBACKEND $(VENV)/bin/jupyter-book build . --all -W --keep-going
 
 lint: venv
 	$(VENV)/bin/ruff check .
@@ -38,6 +41,15 @@ test: venv lint
 	$(PY) -m pytest -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: that is a failure here"; exit 1; fi; \
 	exit $$rc
+
+# Order matters only for speed: later scripts reuse the cells (runs/bench) earlier ones trained.
+BENCH_SCRIPTS := minitex_table convergence condition_swap inference_ablation xi_ablation
+
+bench: venv data
+	for s in $(BENCH_SCRIPTS); do $(PY) benchmarks/$$s.py || exit 1; done
+
+bench-quick: venv data
+	for s in $(BENCH_SCRIPTS); do $(PY) benchmarks/$$s.py --quick --root runs/bench-quick || exit 1; done
 
 clean:
 	rm -rf _build .pytest_cache

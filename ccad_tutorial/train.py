@@ -22,6 +22,7 @@ run never leaves a half-written checkpoint behind.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -393,12 +394,15 @@ def train_run(
     image_size: int | None = None,
     progress: bool = True,
     device: str = "auto",
+    vae_cache: str | os.PathLike | None = None,
     **overrides,
 ) -> dict:
     """``ccad-tutorial train``: build the bank, (stage 1 VAE), train, checkpoint. Returns a summary.
 
     Without ``steps`` the preset's default budget applies. ``resume`` continues the run in
-    ``out`` at its saved step; ``overrides`` set any other CCADConfig field.
+    ``out`` at its saved step; ``overrides`` set any other CCADConfig field. ``vae_cache``
+    (a folder) shares the stage-1 VAE between runs with the same data, category, seed and VAE
+    settings (variants C, F and uncond then start from the identical autoencoder).
     """
     out = Path(out)
     _check_category(data, layout, category)
@@ -421,7 +425,7 @@ def train_run(
     times = dict(cfg.extra.get("times", {}))
     if not resume:
         out.mkdir(parents=True, exist_ok=True)
-        model = _new_model(cfg, images, out, pretrained, times, progress)
+        model = _new_model(cfg, images, out, pretrained, times, progress, vae_cache, data, category)
         model.to(resolve_device(device))
     cfg.extra.update(train_args={"data": str(data), "category": category, "layout": layout})
     summary = fit(model, images, out, state["step"] if state else 0, state, progress)
@@ -437,7 +441,17 @@ def train_run(
     }
 
 
-def _new_model(cfg: CCADConfig, images, out: Path, pretrained, times: dict, progress: bool) -> CCAD:
+def _new_model(
+    cfg: CCADConfig,
+    images,
+    out: Path,
+    pretrained,
+    times: dict,
+    progress: bool,
+    vae_cache,
+    data,
+    category,
+) -> CCAD:
     """Bank (training images only), stage-1 VAE if needed, the CCAD model; writes the run files."""
     torch.manual_seed(cfg.seed)
     t0 = time.perf_counter()
@@ -450,7 +464,7 @@ def _new_model(cfg: CCADConfig, images, out: Path, pretrained, times: dict, prog
         vae = None
         if cfg.latent and cfg.vae_steps > 0:
             t0 = time.perf_counter()
-            vae = train_vae(images, cfg, progress)
+            vae = _cached_vae(images, cfg, progress, vae_cache, data, category)
             atomic_write(out / "vae.safetensors", lambda p: save_file(vae.state_dict(), str(p)))
             times["vae_s"] = round(time.perf_counter() - t0, 2)
         model = CCAD(cfg, bank.features, vae=vae)
@@ -463,6 +477,35 @@ def _new_model(cfg: CCADConfig, images, out: Path, pretrained, times: dict, prog
         model.scorer.calibrate(images)
     write_config(out, cfg)
     return model
+
+
+VAE_FIELDS = (
+    "image_size", "crop_size", "batch_size", "latent_channels", "vae_block_out_channels",
+    "vae_layers_per_block", "vae_steps", "vae_kl_weight", "vae_lr", "seed",
+)  # fmt: skip
+
+
+def _cached_vae(images, cfg: CCADConfig, progress: bool, cache, data, category):
+    """train_vae, or the VAE an earlier run trained with the same data and VAE settings."""
+    if cache is None:
+        return train_vae(images, cfg, progress)
+    key = {name: getattr(cfg, name) for name in VAE_FIELDS}
+    key.update(data=str(Path(data).resolve()), category=category)
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    weights = Path(cache) / f"vae-{category}-{digest}.safetensors"
+    meta = weights.with_suffix(".json")
+    if weights.is_file() and meta.is_file():
+        vae = build_vae(cfg)
+        vae.load_state_dict(_load_safetensors(weights))
+        vae.requires_grad_(False).eval()
+        cfg.scaling_factor = json.loads(meta.read_text())["scaling_factor"]
+        return vae
+    vae = train_vae(images, cfg, progress)
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(weights, lambda p: save_file(vae.state_dict(), str(p)))
+    text = json.dumps({"scaling_factor": cfg.scaling_factor, **key}, indent=2)
+    atomic_write(meta, lambda p: p.write_text(text))  # written last: marks the pair complete
+    return vae
 
 
 def _resume(out: Path, variant: str, preset: str, device: str):

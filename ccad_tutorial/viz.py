@@ -311,12 +311,15 @@ def plotly_js_mode() -> str | bool:
 def plotly_html(fig: go.Figure, include_plotlyjs: str | bool | None = None) -> Any:
     """The figure as an ``IPython.display.HTML`` object (a ``text/html`` output).
 
-    ``include_plotlyjs`` defaults to :func:`plotly_js_mode` (the env var).
+    ``include_plotlyjs`` defaults to :func:`plotly_js_mode` (the env var). A figure with
+    frames starts on its first frame and waits for the reader (plotly's default,
+    ``auto_play=True``, would run every frame once on page load, long before anyone scrolls
+    down to the figure).
     """
     from IPython.display import HTML  # IPython comes with Jupyter; imported only when used
 
     mode = plotly_js_mode() if include_plotlyjs is None else include_plotlyjs
-    return HTML(fig.to_html(include_plotlyjs=mode, full_html=False))
+    return HTML(fig.to_html(include_plotlyjs=mode, full_html=False, auto_play=False))
 
 
 def show_plotly(fig: go.Figure) -> None:

@@ -20,3 +20,37 @@ def minitex_root(tmp_path_factory):
         n_test_good=6,
         n_test_defect_per_type=2,
     )
+
+
+# --------------------------------------------------------------------------- the book's tests
+#
+# What the chapter tests (tests/test_notebooks.py) and the browser test of the
+# built book (tests/test_book.py) need from the whole session.
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "book: builds the book from the executed chapters and checks it in a browser"
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    """Run the book's tests last (a stable sort: the rest keep their order).
+
+    pytest runs files alphabetically, so tests/test_book.py would run before
+    tests/test_notebooks.py; but the book is built from the chapters that the notebook
+    tests executed (``_build/executed/``), so it must come after them.
+    """
+    items.sort(key=lambda item: item.get_closest_marker("book") is not None)
+
+
+@pytest.fixture(autouse=True)
+def _kernels_draw_figures_inline(request, monkeypatch):
+    """A kernel started by a notebook test must not inherit MPLBACKEND=Agg (set above).
+
+    ipykernel selects its inline backend only when MPLBACKEND is unset; under Agg every
+    matplotlib figure of a chapter is stored as the text "<Figure size ... with N Axes>"
+    instead of an image, and the book would show that text.
+    """
+    if request.node.get_closest_marker("notebook"):
+        monkeypatch.delenv("MPLBACKEND", raising=False)

@@ -1,0 +1,257 @@
+"""Cached, resumable experiment cells: what the benchmarks and the book's result tables run.
+
+One *cell* is one (method, category, seed, settings) combination: train (or fit) on the
+category's normals, evaluate on its test split, return one flat row of numbers. Each cell
+lives in its own folder under ``root``; its row is written there last (``row.json``), so an
+interrupted benchmark picks up where it stopped, and a finished cell is never recomputed
+unless its settings change (they are part of the folder name).
+
+    rows = [run_cell(data, "brick", "F", seed=0, root="runs/bench") for ...]
+    table = summarise(rows, by=("method", "category"))  # mean and spread over seeds
+
+Training time is the optimiser loop alone (``train_s``, as the loss log records it) plus the
+stage-1 VAE and the bank (``fit_s``); inference time is per test image, reconstruction and
+scoring included (``infer_s_per_image``). Test-time noise is fixed (``noise_seed``), so two
+evaluations of the same weights give the same numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from ccad_tutorial.presets import VARIANTS, make_config
+
+METRICS = ("image_auroc", "pixel_auroc", "aupro", "f1_max")
+METHODS = VARIANTS + ("patchcore",)
+INFERENCE_FIELDS = ("t_start", "ddim_steps", "eta")  # read by CCAD.reconstruct at call time
+
+
+def cell_name(method: str, category: str, seed: int, settings: dict | None = None) -> str:
+    """Folder name of a cell, e.g. ``F_brick_s0`` or ``F_brick_s0_num_queries=16``."""
+    parts = [method, category, f"s{seed}"]
+    parts += [f"{k}={_short(v)}" for k, v in sorted((settings or {}).items())]
+    return "_".join(parts)
+
+
+def _short(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return "-".join(map(str, value))
+    return str(value)
+
+
+def run_cell(
+    data: str | os.PathLike,
+    category: str,
+    method: str,
+    seed: int = 0,
+    root: str | os.PathLike = "runs/bench",
+    steps: int | None = None,
+    eval_settings: dict | None = None,
+    noise_seed: int = 0,
+    checkpoints: Sequence[int] = (),
+    **settings,
+) -> dict:
+    """Train/fit + evaluate one cell, or read its cached row. Returns the row (a flat dict).
+
+    ``method`` is a CCAD variant (V, C, F, uncond) or ``patchcore``. ``settings`` override
+    CCADConfig fields for training (part of the cell's identity); ``eval_settings`` set
+    the inference-only fields (t_start, ddim_steps, eta) of an already trained run.
+    ``checkpoints`` (steps below the budget) also evaluates the run on its way there, once
+    per checkpoint (``row_step<N>.json``, read back by ``checkpoint_rows``): the learning
+    curve costs evaluations, not extra training.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
+    root = Path(root)
+    name = cell_name(method, category, seed, {**settings, **({"steps": steps} if steps else {})})
+    folder = root / name
+    row_path = folder / _row_file(eval_settings, noise_seed)
+    if row_path.is_file():
+        return json.loads(row_path.read_text())
+    if method == "patchcore":
+        row = _patchcore_row(data, category, seed, settings.get("image_size", 128))
+    else:
+        final = steps or make_config("tiny", method, **settings).steps
+        for step in sorted(c for c in checkpoints if c < final):
+            _checkpoint_row(data, category, method, seed, folder, root, step, settings)
+        row = _ccad_row(data, category, method, seed, folder, root, final, settings)
+        row.update(_evaluate(folder, data, category, eval_settings, noise_seed))
+    row.update(method=method, category=category, seed=seed, cell=name, **(eval_settings or {}))
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = row_path.with_name(row_path.name + ".tmp")
+    tmp.write_text(json.dumps(row, indent=2))
+    os.replace(tmp, row_path)
+    return row
+
+
+def _row_file(eval_settings: dict | None, noise_seed: int) -> str:
+    extra = cell_name("eval", "n", noise_seed, eval_settings) if eval_settings or noise_seed else ""
+    return f"row{('_' + extra) if extra else ''}.json"
+
+
+def _patchcore_row(data, category: str, seed: int, image_size: int) -> dict:
+    from ccad_tutorial.baselines import run_patchcore
+
+    result = run_patchcore(data, category, image_size=image_size, seed=seed)
+    row = {k: float(result[k]) for k in METRICS}
+    row.update(
+        fit_s=float(result["fit_seconds"]),
+        train_s=0.0,
+        infer_s_per_image=round(float(result["predict_seconds"]) / int(result["n_test"]), 4),
+        n_test=int(result["n_test"]),
+    )
+    return row
+
+
+def _checkpoint_row(data, category, variant, seed, folder: Path, root: Path, step, settings):
+    """Train the cell's run up to ``step`` (resuming) and evaluate it there, once."""
+    path = folder / f"row_step{step}.json"
+    if path.is_file():
+        return
+    row = _ccad_row(data, category, variant, seed, folder, root, step, settings)
+    row.update(_evaluate(folder, data, category, None, 0), step=step, method=variant)
+    row.update(category=category, seed=seed)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(row, indent=2))
+    os.replace(tmp, path)
+
+
+def checkpoint_rows(root, method: str, category: str, seed: int, **settings) -> list[dict]:
+    """The rows a cell wrote at its checkpoints and at its end, sorted by step."""
+    folder = Path(root) / cell_name(method, category, seed, settings)
+    rows = [json.loads(p.read_text()) for p in folder.glob("row_step*.json")]
+    if (folder / "row.json").is_file():
+        final = json.loads((folder / "row.json").read_text())
+        rows.append({**final, "step": final["steps"]})
+    return sorted(rows, key=lambda r: r["step"])
+
+
+def _ccad_row(data, category, variant, seed, folder: Path, root: Path, steps, settings) -> dict:
+    from ccad_tutorial.coreset import CoarseFeatureBank
+    from ccad_tutorial.train import read_loss_log, train_run
+
+    resume = (folder / "trainer_state.pt").is_file()
+    summary = train_run(
+        data,
+        category,
+        folder,
+        variant=variant,
+        seed=seed,
+        steps=steps,
+        resume=resume,
+        progress=False,
+        vae_cache=root / "_vae_cache",
+        **({} if resume else settings),
+    )
+    times = summary["times"]
+    log = read_loss_log(folder, summary["steps"])
+    tail = [loss for _, loss, *_ in log[-max(1, len(log) // 10) :]]
+    return {
+        "loss": statistics.fmean(tail) if tail else float("nan"),  # last tenth of the steps
+        "steps": summary["steps"],
+        "train_s": times.get("train_s", 0.0),
+        "fit_s": round(times.get("train_s", 0.0) + times.get("vae_s", 0.0) + times["bank_s"], 2),
+        "last_loss": summary["last_loss"],
+        "ms_per_step": summary["ms_per_step"],
+        "bank_size": len(CoarseFeatureBank.load(folder / "bank.safetensors")),
+    }
+
+
+def _evaluate(folder: Path, data, category: str, eval_settings, noise_seed: int) -> dict:
+    """Metrics of the run in ``folder`` (inference fields optionally overridden)."""
+    from ccad_tutorial.datasets import load_split
+    from ccad_tutorial.metrics import evaluate
+    from ccad_tutorial.train import load_run
+
+    model, cfg = load_run(folder, device="cpu")
+    for key, value in (eval_settings or {}).items():
+        if key not in INFERENCE_FIELDS:
+            raise ValueError(
+                f"eval_settings may set {INFERENCE_FIELDS} (read at inference), not {key!r}; "
+                "a training field belongs in the cell's settings."
+            )
+        setattr(model.cfg, key, value)
+    test = load_split(data, "mvtec", category, "test", cfg.image_size)
+    start = time.perf_counter()
+    recons = model.reconstruct(test.images, noise_seed=noise_seed, progress=False)
+    maps, scores = model.anomaly_maps(test.images, recons)
+    infer_s = time.perf_counter() - start
+    result = {k: float(v) for k, v in evaluate(test.labels, scores, test.masks, maps).items()}
+    return {
+        **{k: result[k] for k in METRICS},
+        "infer_s_per_image": round(infer_s / len(test.labels), 4),
+        "n_test": len(test.labels),
+    }
+
+
+def summarise(
+    rows: Iterable[dict], by: Sequence[str] = ("method", "category"), keys: Sequence[str] = ()
+) -> list[dict]:
+    """Mean and spread over seeds: one row per group of ``by``, keys ``<metric>`` and
+    ``<metric>_std`` (sample standard deviation; 0 with one seed) plus ``n_seeds``."""
+    keys = tuple(keys) or METRICS + ("train_s", "fit_s", "infer_s_per_image")
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row[b] for b in by), []).append(row)
+    table = []
+    for group, members in groups.items():
+        entry = dict(zip(by, group, strict=True))
+        for key in keys:
+            values = [float(m[key]) for m in members if key in m]
+            if values:
+                entry[key] = statistics.fmean(values)
+                entry[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        entry["n_seeds"] = len({m["seed"] for m in members})
+        table.append(entry)
+    return table
+
+
+def category_means(rows: Iterable[dict], by: str = "method") -> list[dict]:
+    """Per seed, the mean over categories; then mean and spread of those means over seeds.
+
+    The spread of a mean over categories is the seed-to-seed spread of the number the
+    book quotes ("mean image AUROC"), which is what a difference must exceed to count.
+    """
+    rows = list(rows)
+    per_seed: dict[tuple, list[dict]] = {}
+    for row in rows:
+        per_seed.setdefault((row[by], row["seed"]), []).append(row)
+    means = []
+    for (key, seed), members in per_seed.items():
+        entry = {by: key, "seed": seed, "n_categories": len(members)}
+        for metric in METRICS + ("train_s", "fit_s", "infer_s_per_image"):
+            entry[metric] = statistics.fmean(float(m[metric]) for m in members)
+        means.append(entry)
+    return summarise(means, by=(by,))
+
+
+def format_table(table: list[dict], by: Sequence[str], keys: Sequence[str] = METRICS) -> str:
+    """Plain-text table of ``summarise`` output: ``mean +- std`` per key."""
+    header = [*by, *keys, "seeds"]
+    lines = []
+    for entry in table:
+        cells = [str(entry[b]) for b in by]
+        for key in keys:
+            std = entry.get(f"{key}_std", 0.0)
+            cells.append(f"{entry[key]:.3f} +- {std:.3f}" if key in entry else "-")
+        cells.append(str(entry.get("n_seeds", "")))
+        lines.append(cells)
+    widths = [max(len(r[i]) for r in [header, *lines]) for i in range(len(header))]
+    out = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
+    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in lines]
+    return "\n".join(out)
+
+
+def write_result(path: str | os.PathLike, key: str, payload: dict) -> Path:
+    """Write ``{key: payload}`` as JSON (atomically) to ``path``; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({key: payload}, indent=2, default=float) + "\n")
+    os.replace(tmp, path)
+    return path

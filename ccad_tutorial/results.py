@@ -1,0 +1,54 @@
+"""The benchmark results the book publishes (``benchmarks/results/*.json``), for the chapters.
+
+The benchmark scripts write one JSON object per script, ``{name: payload}``. The chapters
+read them with ``load_benchmark(name)``, which looks, in order, in
+
+1. ``$CCAD_RESULTS`` (a folder), if set;
+2. ``benchmarks/results`` of the source tree this package was imported from (a clone, or an
+   editable install: the book build and CI);
+3. the same file on the project's repository (raw GitHub URL), only if ``download=True``
+   (Colab, where the package is pip-installed without the benchmarks).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.request
+from pathlib import Path
+
+NAMES = (
+    "minitex_table",
+    "convergence",
+    "xi_ablation",
+    "coreset_speed",
+    "inference_ablation",
+    "condition_swap",
+)
+RAW_URL = "https://raw.githubusercontent.com/ccad-tutorial/ccad-tutorial/main/benchmarks/results"
+SOURCE_RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+
+
+def results_dirs() -> list[Path]:
+    """The folders searched for result files, in order."""
+    dirs = [Path(os.environ["CCAD_RESULTS"])] if os.environ.get("CCAD_RESULTS") else []
+    return dirs + [SOURCE_RESULTS]
+
+
+def load_benchmark(name: str, download: bool = False) -> dict:
+    """The payload of ``benchmarks/results/<name>.json`` (the value under its top-level key)."""
+    if name not in NAMES:
+        raise ValueError(f"Unknown benchmark {name!r}; the published ones are {NAMES}.")
+    for folder in results_dirs():
+        path = folder / f"{name}.json"
+        if path.is_file():
+            return json.loads(path.read_text())[name]
+    if download:
+        with urllib.request.urlopen(f"{RAW_URL}/{name}.json", timeout=30) as response:
+            return json.loads(response.read())[name]
+    searched = ", ".join(str(d) for d in results_dirs())
+    raise FileNotFoundError(
+        f"benchmarks/results/{name}.json not found (searched {searched}). Run "
+        f"`python benchmarks/{name}.py` in a clone of the repository, set CCAD_RESULTS to a "
+        "folder holding it, or pass download=True to fetch the published file."
+    )
