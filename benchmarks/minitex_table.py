@@ -1,0 +1,119 @@
+"""The MiniTex-AD table: CCAD V, C, F, uncond and PatchCore, per category, over seeds.
+
+    python benchmarks/minitex_table.py                    # 4 categories x 2 seeds (~1.5 h, 2 cores)
+    python benchmarks/minitex_table.py --seeds 0 --methods F uncond
+    python benchmarks/minitex_table.py --quick            # smoke run: tiny images and budgets
+
+Every cell trains at the tiny preset's default budget (``ccad_tutorial.presets.tiny``; the
+same number of optimiser steps for every variant) and is evaluated on the full test split
+with fixed test-time noise. Cells are cached under ``--root`` (``runs/bench`` by default),
+so an interrupted run continues where it stopped. Writes ``{"minitex_table": ...}`` to
+``benchmarks/results/minitex_table.json`` (``--quick`` writes under ``--root`` instead, so
+the published file is never overwritten by a smoke run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from ccad_tutorial.experiments import (
+    METHODS,
+    category_means,
+    format_table,
+    run_cell,
+    summarise,
+    write_result,
+)
+from ccad_tutorial.minitex import CATEGORIES, ensure_minitex
+from ccad_tutorial.presets import make_config
+
+RESULTS = Path(__file__).resolve().parent / "results"
+QUICK = dict(image_size=32, crop_size=16, vae_steps=4, batch_size=4)  # settings of --quick
+
+
+def machine() -> dict:
+    return {
+        "cpu_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "note": "wall-clock times on a shared 2-core CPU machine; compare within one run only",
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--categories", nargs="+", default=list(CATEGORIES))
+    parser.add_argument(
+        "--methods", nargs="+", default=["F", "uncond", "C", "patchcore", "V"], choices=METHODS
+    )
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--root", default="runs/bench", help="cache folder of the cells")
+    parser.add_argument("--out", default=None, help="JSON output path")
+    parser.add_argument("--quick", action="store_true", help="smoke run (a minute)")
+    parser.add_argument(
+        "--checkpoints", nargs="+", type=int, default=[100, 200, 400],
+        help="F and uncond are also evaluated at these steps (convergence.py reads them)",
+    )  # fmt: skip
+    args = parser.parse_args(argv)
+    settings, steps = {}, None
+    if args.quick:
+        args.categories, args.seeds, steps = args.categories[:1], args.seeds[:1], 6
+        args.checkpoints = [3]
+        args.methods = [m for m in args.methods if m in ("F", "uncond", "patchcore")]
+        args.root = str(Path(args.root) / "quick")
+        settings = QUICK
+    out = Path(
+        args.out
+        or (
+            Path(args.root) / "minitex_table.json" if args.quick else RESULTS / "minitex_table.json"
+        )
+    )
+    data = ensure_minitex()
+    rows, start = [], time.perf_counter()
+    for seed in args.seeds:  # seed-major: a stopped run has whole seeds, not half of each
+        for category in args.categories:
+            for method in args.methods:
+                extra = (
+                    {"image_size": settings["image_size"]}
+                    if method == "patchcore" and settings
+                    else settings
+                )
+                row = run_cell(data, category, method, seed, args.root, steps, **extra)
+                rows.append(row)
+                print(
+                    f"{method:9s} {category:7s} seed {seed}: image {row['image_auroc']:.3f} "
+                    f"pixel {row['pixel_auroc']:.3f} aupro {row['aupro']:.3f} "
+                    f"fit {row['fit_s']:.0f} s",
+                    flush=True,
+                )
+    per_category = summarise(rows, by=("method", "category"))
+    mean = category_means(rows)
+    print(
+        "\nper category (mean +- std over seeds)\n"
+        + format_table(per_category, ("method", "category"))
+    )
+    print("\nmean over categories (mean +- std over seeds)\n" + format_table(mean, ("method",)))
+    budget = {m: make_config("tiny", m).steps for m in ("V", "C", "F", "uncond")}
+    payload = {
+        "budget": "tiny preset defaults: same optimiser steps for every variant",
+        "steps": steps or budget,
+        "settings": settings,
+        "seeds": args.seeds,
+        "categories": args.categories,
+        "rows": rows,
+        "per_category": per_category,
+        "mean": mean,
+        "wall_s": round(time.perf_counter() - start, 1),
+        "machine": machine(),
+    }
+    print(f"\nwrote {write_result(out, 'minitex_table', payload)}")
+    return payload
+
+
+if __name__ == "__main__":
+    main()

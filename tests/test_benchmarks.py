@@ -1,0 +1,54 @@
+"""Every benchmark script runs end to end on tiny settings (``--quick``) and writes its key.
+
+The published numbers come from the full runs (``make bench``); this only proves the scripts
+work, share their cached cells, and write what the book reads.
+"""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+SCRIPTS = ("minitex_table", "convergence", "condition_swap", "inference_ablation", "xi_ablation")
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_every_benchmark_runs_quick_and_writes_its_key(tmp_path):
+    payloads = {}
+    for name in SCRIPTS:  # in make bench's order: later scripts reuse earlier cells
+        payloads[name] = load(name).main(["--quick", "--root", str(tmp_path)])
+        written = json.loads((tmp_path / "quick" / f"{name}.json").read_text())
+        assert list(written) == [name]
+    table = payloads["minitex_table"]
+    methods = {row["method"] for row in table["rows"]}
+    assert methods == {"F", "uncond", "patchcore"}
+    assert all(0 <= row["image_auroc"] <= 1 for row in table["rows"])
+    conv = payloads["convergence"]
+    assert [s for s, _ in conv["curves"]["F"]["image_auroc"]] == [3, 6]
+    # convergence reused minitex_table's F run (trained once, with its checkpoint row)
+    assert len(list((tmp_path / "quick").glob("F_brick_*"))) == 1
+    ratio = conv["steps_ratio_conditioned_over_uncond"]
+    assert ratio is None or ratio > 0
+    swap = payloads["condition_swap"]["summary"]["F"]
+    assert swap["real_recon_change"] == 0.0 and swap["zeros_recon_change"] >= 0.0
+    inference = payloads["inference_ablation"]
+    assert {e["t_start"] for e in inference["table"]} == {100, 400}
+    assert {e["scorer"] for e in inference["scoring"]} >= {"pixel L1", "feature layers 1-3"}
+    xi = payloads["xi_ablation"]
+    assert {e["value"] for e in xi["table"]} == {"4", "64"}
+
+
+def test_steps_to_reach_interpolates_between_checkpoints():
+    steps_to_reach = load("convergence").steps_to_reach
+    assert steps_to_reach([(100, 0.5), (200, 0.7)], 0.6) == pytest.approx(150)
+    assert steps_to_reach([(100, 0.8), (200, 0.7)], 0.6) == 100  # reached at the first
+    assert steps_to_reach([(100, 0.5), (200, 0.55)], 0.6) is None  # never reached
