@@ -580,16 +580,14 @@ def evaluate_run(
 
 def save_grid(path, images, recons, maps, masks, n: int = 6) -> None:
     """PNG grid, one row per image: input / reconstruction / anomaly map / ground truth."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend stays untouched
 
     order = torch.cat(
         [torch.nonzero(masks.flatten(1).amax(1) > 0).flatten(), torch.arange(len(images))]
     )
     rows = list(dict.fromkeys(order.tolist()))[:n]
-    fig, axes = plt.subplots(len(rows), 4, figsize=(8, 2 * len(rows)), squeeze=False)
+    fig = Figure(figsize=(8, 2 * len(rows)))
+    axes = fig.subplots(len(rows), 4, squeeze=False)
     for r, i in enumerate(rows):
         panels = [images[i].permute(1, 2, 0), recons[i].permute(1, 2, 0), maps[i, 0], masks[i, 0]]
         for ax, img, title in zip(
@@ -601,4 +599,3 @@ def save_grid(path, images, recons, maps, masks, n: int = 6) -> None:
                 ax.set_title(title)
     fig.tight_layout()
     atomic_write(Path(path), lambda p: fig.savefig(p, format="png", dpi=80))
-    plt.close(fig)

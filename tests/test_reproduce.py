@@ -1,0 +1,244 @@
+"""The MVTec-AD reproduction recipe, end to end on a tiny MiniTex-AD in the MVTec layout.
+
+The GPU recipe (sd15 preset, 15 categories) cannot run here, so its code path runs with the
+tiny preset at 32 px for two steps per category, and the shell script is checked against the
+command line parser it calls.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ccad_tutorial import cli, reproduce
+from ccad_tutorial.datasets import DataError
+from ccad_tutorial.download import MVTEC_CATEGORIES
+from ccad_tutorial.train import train_run
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "mvtec_gpu.sh"
+FAST = dict(
+    image_size=32,
+    crop_size=16,
+    batch_size=4,
+    vae_steps=2,
+    num_queries=8,
+    checkpoint_every=2,
+    block_out_channels=(16, 32, 32),
+    norm_num_groups=8,
+    cross_attention_dim=32,
+    vae_block_out_channels=(16, 16, 16),
+    ddim_steps=2,
+)
+TWO = ["brick", "grass"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One thread: these tensors are tiny, and on a busy 2-core machine two threads spin."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def run_tiny(data, out, categories=TWO, steps=2, **kw):
+    return reproduce.reproduce(
+        data, out, categories, preset="tiny", steps=steps, progress=False, **{**FAST, **kw}
+    )
+
+
+@pytest.fixture(scope="module")
+def done(minitex_root, tmp_path_factory):
+    """Two categories trained and evaluated once, shared by the tests that read them."""
+    out = tmp_path_factory.mktemp("reproduce") / "tiny"
+    return out, run_tiny(minitex_root, out)
+
+
+def test_each_category_is_trained_evaluated_and_tabulated(done):
+    out, results = done
+    assert list(results["categories"]) == TWO
+    for category, metrics in results["categories"].items():
+        for key in reproduce.METRICS:
+            assert 0.0 <= metrics[key] <= 1.0
+        assert metrics["steps"] == 2 and metrics["train_s"] > 0
+        run = out / category
+        assert {"config.json", "model.safetensors", "metrics.json", "examples.png"} <= {
+            p.name for p in run.iterdir()
+        }
+    for key in reproduce.METRICS:
+        values = [m[key] for m in results["categories"].values()]
+        assert results["mean"][key] == pytest.approx(sum(values) / len(values))
+    assert json.loads((out / "results.json").read_text()) == results
+
+
+def test_table_stands_next_to_the_papers_numbers_and_says_it_is_not_comparable(done):
+    out, results = done
+    table = (out / "results.md").read_text()
+    assert "| brick |" in table and "| grass |" in table and "mean of 2" in table
+    assert "| CCAD (paper) | 0.962 | 0.966 |" in table
+    assert "| DiAD (multi-class) | 0.972 | 0.968 | 0.907 |" in table
+    assert "arXiv 2512.21459" in table and "per category" in table
+    assert not results["comparable_with_paper"]
+    assert "NOT comparable" in table and "'tiny' preset" in results["note"]
+
+
+def test_a_second_call_skips_the_evaluated_categories(done, minitex_root, monkeypatch, capsys):
+    out, first = done
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a finished category was trained or evaluated again")
+
+    monkeypatch.setattr(reproduce, "train_run", must_not_run)
+    monkeypatch.setattr(reproduce, "evaluate_run", must_not_run)
+    again = run_tiny(minitex_root, out)
+    assert again == first
+    assert capsys.readouterr().out.count("already evaluated") == 2
+
+
+def test_the_cli_prints_the_table_of_a_finished_reproduction(done, minitex_root, capsys):
+    out, _ = done
+    argv = ["reproduce", "--data", str(minitex_root), "--categories", "brick,grass"]
+    code = cli.main([*argv, "--preset", "tiny", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "| CCAD (paper) | 0.962 | 0.966 |" in printed and "results.json" in printed
+
+
+def test_an_interrupted_category_resumes_at_its_checkpoint(minitex_root, tmp_path, capsys):
+    run = tmp_path / "out" / "brick"
+    train_run(minitex_root, "brick", run, preset="tiny", steps=2, progress=False, **FAST)
+    results = run_tiny(minitex_root, tmp_path / "out", categories=["brick"], steps=4)
+    assert f"Resumed from {run} at step 2" in capsys.readouterr().out
+    assert results["categories"]["brick"]["steps"] == 4
+    logged = (run / "loss_log.csv").read_text().splitlines()[1:]
+    assert [int(line.split(",")[0]) for line in logged] == [1, 2, 3, 4]
+
+
+def test_a_category_stopped_before_its_first_checkpoint_starts_over(minitex_root, tmp_path):
+    run = tmp_path / "out" / "brick"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text("{}")  # what an interrupted bank / VAE stage leaves
+    results = run_tiny(minitex_root, tmp_path / "out", categories=["brick"])
+    assert results["categories"]["brick"]["steps"] == 2
+    assert json.loads((run / "config.json").read_text())["preset"] == "tiny"
+
+
+def test_an_unknown_category_is_named_with_the_known_ones(minitex_root, tmp_path):
+    with pytest.raises(DataError, match=r"\['wood'\].*brick, grass"):
+        run_tiny(minitex_root, tmp_path / "out", categories=["brick", "wood"])
+    assert not (tmp_path / "out").exists()  # nothing trained, nothing written
+
+
+def test_a_missing_data_folder_is_a_clear_cli_error(tmp_path, capsys):
+    argv = ["reproduce", "--data", str(tmp_path / "nowhere"), "--preset", "tiny"]
+    assert cli.main([*argv, "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "nowhere" in err and "does not exist" in err
+
+
+def test_results_of_another_preset_are_never_mixed_in(done, minitex_root, tmp_path):
+    out, _ = done
+    with pytest.raises(ValueError, match="preset 'tiny'.*choose another --out"):
+        with pytest.warns(UserWarning, match="random weights"):  # sd15 without --pretrained
+            reproduce.reproduce(minitex_root, out, TWO, preset="sd15", progress=False)
+
+
+def test_only_sd15_with_weights_on_all_15_categories_compares_with_the_paper():
+    metrics = {c: dict.fromkeys(reproduce.METRICS, 0.9) for c in MVTEC_CATEGORIES}
+    setting = {"preset": "sd15", "variant": "F", "pretrained": "sd", "training": "per category"}
+    assert reproduce.summarise(metrics, setting)["comparable_with_paper"]
+    no_weights = reproduce.summarise(metrics, {**setting, "pretrained": None})
+    assert not no_weights["comparable_with_paper"] and "random-init" in no_weights["note"]
+    fewer = reproduce.summarise({"bottle": metrics["bottle"]}, setting)
+    assert not fewer["comparable_with_paper"] and "1 categories" in fewer["note"]
+
+
+def test_the_sd15_budget_is_diads_200_epochs_spread_over_the_categories():
+    mvtec_train = reproduce.MVTEC_TRAIN_IMAGES
+    assert list(mvtec_train) == list(MVTEC_CATEGORIES) and sum(mvtec_train.values()) == 3629
+    steps = [reproduce.budget("sd15", n) for n in mvtec_train.values()]
+    assert steps[0] == math.ceil(200 * 209 / 48)
+    assert 15_000 <= sum(steps) <= 15_200  # DiAD: ~15k steps for all 15 categories
+    assert reproduce.budget("sd15", 209, steps=7) == 7
+    assert reproduce.budget("tiny", 120) == 800  # the tiny preset keeps its own budget
+
+
+def test_full_mode_without_cuda_warns_and_falls_back_to_fast(monkeypatch):
+    monkeypatch.delenv("CCAD_MODE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.warns(UserWarning, match="falling back to fast mode"):
+        assert reproduce.resolve_gpu_mode("full") == "fast"
+    assert reproduce.resolve_gpu_mode("auto") == "fast"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert reproduce.resolve_gpu_mode("full") == "full"
+
+
+def test_preset_differences_lists_what_sd15_changes():
+    diff = reproduce.preset_differences("tiny", "sd15")
+    assert diff["image_size"] == (128, 256) and diff["block_out_channels"][1][0] == 320
+    assert "preset" not in diff and "variant" not in diff and "xi" not in diff
+
+
+# ------------------------------------------------------------------ the GPU script
+def test_the_gpu_script_is_valid_bash():
+    done = subprocess.run(["bash", "-n", str(SCRIPT)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def run_script(tmp_path: Path, **env) -> tuple[subprocess.CompletedProcess, list[list[str]]]:
+    """Run the script with a fake GPU and a recorder in place of ``ccad-tutorial``.
+
+    The recorder parses its arguments with the CLI's own parser (exit 2 if they do not
+    parse) and logs them, so the script's command lines cannot drift from the CLI.
+    """
+    log = tmp_path / "calls.jsonl"
+    recorder = tmp_path / "ccad-recorder"
+    recorder.write_text(
+        f"#!{sys.executable}\n"
+        "import json, sys\n"
+        "from ccad_tutorial.cli import build_parser\n"
+        "build_parser().parse_args(sys.argv[1:])\n"
+        f"open({str(log)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n"
+    )
+    fake_gpu = tmp_path / "fake-nvidia-smi"
+    fake_gpu.write_text("#!/bin/sh\necho 'Fake GPU, 81559 MiB, 550.00'\n")
+    for tool in (recorder, fake_gpu):
+        tool.chmod(0o755)
+    base = {k: v for k, v in os.environ.items() if k != "DATA_ROOT"}
+    base.update(CCAD=str(recorder), NVIDIA_SMI=str(fake_gpu), OUT=str(tmp_path / "out"))
+    done = subprocess.run(
+        ["bash", str(SCRIPT)], env={**base, **env}, capture_output=True, text=True, cwd=tmp_path
+    )
+    calls = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    return done, calls
+
+
+def test_the_gpu_script_runs_sd15_on_all_15_categories_with_sd_weights(tmp_path):
+    done, calls = run_script(tmp_path, DATA_ROOT=str(tmp_path / "mvtec"))
+    assert done.returncode == 0, done.stderr
+    assert len(calls) == 1
+    args = cli.build_parser().parse_args(calls[0])
+    assert args.command == "reproduce" and args.preset == "sd15" and args.device == "cuda"
+    assert args.categories.split(",") == list(MVTEC_CATEGORIES)
+    assert args.pretrained == reproduce.SD15_WEIGHTS
+    assert args.data == str(tmp_path / "mvtec") and args.steps is None  # the paper's budget
+
+
+def test_the_gpu_script_downloads_mvtec_when_data_root_is_unset(tmp_path):
+    done, calls = run_script(tmp_path, DOWNLOAD_DIR=str(tmp_path / "dl"), STEPS="10")
+    assert done.returncode == 0, done.stderr
+    download, run = (cli.build_parser().parse_args(c) for c in calls)
+    assert download.command == "download-mvtec" and download.out == str(tmp_path / "dl")
+    assert run.data == str(tmp_path / "dl") and run.steps == 10
+
+
+def test_the_gpu_script_stops_without_a_gpu(tmp_path):
+    done, calls = run_script(tmp_path, NVIDIA_SMI="no-such-nvidia-smi", DATA_ROOT="x")
+    assert done.returncode == 1 and calls == []
+    assert "error:" in done.stderr and "NVIDIA GPU" in done.stderr
