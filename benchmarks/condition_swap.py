@@ -32,11 +32,15 @@ RESULTS = Path(__file__).resolve().parent / "results"
 QUICK = dict(image_size=32, crop_size=16, vae_steps=4, batch_size=4)
 
 
-def swap_cell(data, category, other, variant, seed, root: Path, steps, settings) -> dict:
+def swap_cell(
+    data, category, other, variant, seed, root: Path, steps, settings, cached_only=False
+) -> dict | None:
     """condition_swap of one cell, cached in the cell's folder as ``swap.json``."""
     extra = {"steps": steps} if steps else {}
     folder = root / cell_name(variant, category, seed, {**settings, **extra})
     path = folder / "swap.json"
+    if not path.is_file() and cached_only:
+        return None
     if not path.is_file():
         run_cell(data, category, variant, seed, root, steps, **settings)
         run_cell(data, other, variant, seed, root, steps, **settings)  # the other bank
@@ -56,6 +60,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--root", default="runs/bench")
     parser.add_argument("--out", default=None)
+    parser.add_argument(
+        "--cached-only", action="store_true", help="report the finished cells, compute nothing"
+    )
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
     settings, steps = {}, None
@@ -73,7 +80,12 @@ def main(argv: list[str] | None = None) -> dict:
         for i, category in enumerate(args.categories):
             other = args.categories[(i + 1) % len(args.categories)]
             for variant in args.variants:
-                swap = swap_cell(data, category, other, variant, seed, root, steps, settings)
+                swap = swap_cell(
+                    data, category, other, variant, seed, root, steps, settings, args.cached_only
+                )
+                if swap is None:
+                    print(f"{variant} {category:7s} seed {seed}: not finished", flush=True)
+                    continue
                 row = {"variant": variant, "category": category, "seed": seed, "other": other}
                 for bank, metrics in swap.items():
                     row[f"{bank}_image_auroc"] = metrics["image_auroc"]
@@ -91,6 +103,8 @@ def main(argv: list[str] | None = None) -> dict:
     summary = {}
     for variant in args.variants:
         mine = [r for r in rows if r["variant"] == variant]
+        if not mine:
+            continue
         summary[variant] = {
             f"{bank}_{what}": statistics.fmean(r[f"{bank}_{what}"] for r in mine)
             for bank in ("real", "shuffled", "zeros", "other")
@@ -103,7 +117,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(json.dumps(summary, indent=2))
     payload = {
         "seeds": args.seeds,
-        "categories": args.categories,
+        "categories": sorted({row["category"] for row in rows}, key=args.categories.index),
         "settings": settings,
         "summary": summary,
         "rows": rows,

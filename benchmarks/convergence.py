@@ -34,11 +34,16 @@ RESULTS = Path(__file__).resolve().parent / "results"
 QUICK = dict(image_size=32, crop_size=16, vae_steps=4, batch_size=4)
 
 
-def run_curve(data, category, variant, seed, root: Path, checkpoints, settings) -> list[dict]:
+def run_curve(
+    data, category, variant, seed, root: Path, checkpoints, settings, cached_only=False
+) -> list[dict]:
     """Rows (one per checkpoint, the budget last) of one cached training run."""
     final = max(checkpoints)
     steps = None if final == make_config("tiny", variant, **settings).steps else final
-    run_cell(data, category, variant, seed, root, steps, checkpoints=checkpoints, **settings)
+    run_cell(
+        data, category, variant, seed, root, steps, checkpoints=checkpoints,
+        cached_only=cached_only, **settings,
+    )  # fmt: skip
     rows = checkpoint_rows(
         root, variant, category, seed, **settings, **({"steps": steps} if steps else {})
     )
@@ -75,6 +80,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--checkpoints", nargs="+", type=int, default=[100, 200, 400, 800])
     parser.add_argument("--root", default="runs/bench")
     parser.add_argument("--out", default=None)
+    parser.add_argument(
+        "--cached-only", action="store_true", help="report the finished cells, compute nothing"
+    )
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
     settings = {}
@@ -90,7 +98,14 @@ def main(argv: list[str] | None = None) -> dict:
     for seed in args.seeds:
         for category in args.categories:
             for variant in args.variants:
-                rows += run_curve(data, category, variant, seed, root, args.checkpoints, settings)
+                curve_rows = run_curve(
+                    data, category, variant, seed, root, args.checkpoints, settings,
+                    args.cached_only,
+                )  # fmt: skip
+                if sorted(r["step"] for r in curve_rows) != sorted(args.checkpoints):
+                    print(f"{variant:7s} {category:7s} seed {seed}: not finished", flush=True)
+                    continue
+                rows += curve_rows
                 print(
                     f"{variant:7s} {category:7s} seed {seed}: "
                     + "  ".join(
@@ -99,9 +114,14 @@ def main(argv: list[str] | None = None) -> dict:
                     ),
                     flush=True,
                 )
+    done = {}
+    for row in rows:  # only runs whose counterpart finished too: curves compare like with like
+        done.setdefault((row["category"], row["seed"]), set()).add(row["variant"])
+    keep = {key for key, found in done.items() if found >= set(args.variants)}
+    rows = [row for row in rows if (row["category"], row["seed"]) in keep]
     curves = {v: {k: curve(rows, v, k) for k in (*METRICS, "loss")} for v in args.variants}
     ratio = None
-    if "F" in curves and "uncond" in curves:
+    if rows and "F" in curves and "uncond" in curves:
         target = curves["uncond"]["image_auroc"][-1][1]
         f_steps = steps_to_reach(curves["F"]["image_auroc"], target)
         u_steps = steps_to_reach(curves["uncond"]["image_auroc"], target)
@@ -113,7 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
     payload = {
         "checkpoints": args.checkpoints,
         "seeds": args.seeds,
-        "categories": args.categories,
+        "categories": sorted({row["category"] for row in rows}, key=args.categories.index),
         "settings": settings,
         "curves": curves,
         "steps_ratio_conditioned_over_uncond": ratio,

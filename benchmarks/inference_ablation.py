@@ -44,7 +44,9 @@ SCORERS = {  # name -> AnomalyScorer arguments (random-init resnet50, BatchNorm 
 }
 
 
-def scoring_rows(data, category, variant, seed, root: Path, steps, settings) -> list[dict]:
+def scoring_rows(
+    data, category, variant, seed, root: Path, steps, settings, cached_only=False
+) -> list[dict]:
     """One reconstruction of the test split, scored by every scorer; cached as scoring.json."""
     import json
 
@@ -55,10 +57,12 @@ def scoring_rows(data, category, variant, seed, root: Path, steps, settings) -> 
     from ccad_tutorial.scoring import AnomalyScorer
     from ccad_tutorial.train import load_run
 
-    run_cell(data, category, variant, seed, root, steps, **settings)
     extra = {"steps": steps} if steps else {}
     folder = root / cell_name(variant, category, seed, {**settings, **extra})
     path = folder / "scoring.json"
+    if cached_only and not path.is_file():
+        return []
+    run_cell(data, category, variant, seed, root, steps, **settings)
     if not path.is_file():
         model, cfg = load_run(folder, device="cpu")
         test = load_split(data, "mvtec", category, "test", cfg.image_size)
@@ -90,6 +94,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--ddim-steps", nargs="+", type=int, default=[2, 5, 10, 20])
     parser.add_argument("--root", default="runs/bench")
     parser.add_argument("--out", default=None)
+    parser.add_argument(
+        "--cached-only", action="store_true", help="report the finished cells, compute nothing"
+    )
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
     settings, steps = {}, None
@@ -116,8 +123,11 @@ def main(argv: list[str] | None = None) -> dict:
             for setting in sorted(grid, key=lambda g: (g["ddim_steps"], g["t_start"])):
                 row = run_cell(
                     data, category, args.variant, seed, args.root, steps, eval_settings=setting,
-                    **settings,
+                    cached_only=args.cached_only, **settings,
                 )  # fmt: skip
+                if row is None:
+                    print(f"{category:7s} seed {seed} {setting}: not finished", flush=True)
+                    continue
                 rows.append(row)
                 print(
                     f"{category:7s} seed {seed} t_start {setting['t_start']:4d} ddim "
@@ -129,8 +139,9 @@ def main(argv: list[str] | None = None) -> dict:
     for seed in args.seeds:
         for category in args.categories:
             scoring += scoring_rows(
-                data, category, args.variant, seed, Path(args.root), steps, settings
-            )
+                data, category, args.variant, seed, Path(args.root), steps, settings,
+                args.cached_only,
+            )  # fmt: skip
     scoring_table = summarise(scoring, by=("scorer",), keys=METRICS)
     print("\nscoring (mean over categories)\n" + format_table(scoring_table, ("scorer",)))
     table = summarise(
@@ -145,7 +156,7 @@ def main(argv: list[str] | None = None) -> dict:
         "variant": args.variant,
         "defaults": {"t_start": default.t_start, "ddim_steps": default.ddim_steps},
         "seeds": args.seeds,
-        "categories": args.categories,
+        "categories": sorted({row["category"] for row in rows}, key=args.categories.index),
         "settings": settings,
         "table": table,
         "rows": rows,

@@ -36,6 +36,15 @@ RESULTS = Path(__file__).resolve().parent / "results"
 QUICK = dict(image_size=32, crop_size=16, vae_steps=4, batch_size=4)  # settings of --quick
 
 
+def complete(rows: list[dict], methods) -> list[dict]:
+    """Only the (category, seed) pairs every method finished: means must compare like with like."""
+    done = {}
+    for row in rows:
+        done.setdefault((row["category"], row["seed"]), set()).add(row["method"])
+    keep = {key for key, found in done.items() if found >= set(methods)}
+    return [row for row in rows if (row["category"], row["seed"]) in keep]
+
+
 def machine() -> dict:
     return {
         "cpu_threads": torch.get_num_threads(),
@@ -54,6 +63,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--root", default="runs/bench", help="cache folder of the cells")
     parser.add_argument("--out", default=None, help="JSON output path")
+    parser.add_argument(
+        "--cached-only", action="store_true", help="report the finished cells, compute nothing"
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run (a minute)")
     parser.add_argument(
         "--checkpoints", nargs="+", type=int, default=[100, 200, 400],
@@ -78,12 +90,18 @@ def main(argv: list[str] | None = None) -> dict:
     for seed in args.seeds:  # seed-major: a stopped run has whole seeds, not half of each
         for category in args.categories:
             for method in args.methods:
-                extra = (
-                    {"image_size": settings["image_size"]}
-                    if method == "patchcore" and settings
-                    else settings
-                )
-                row = run_cell(data, category, method, seed, args.root, steps, **extra)
+                extra = dict(settings)
+                if method == "patchcore":
+                    extra = {"image_size": settings["image_size"]} if settings else {}
+                elif method in ("F", "uncond"):  # the learning curves of convergence.py
+                    extra["checkpoints"] = args.checkpoints
+                row = run_cell(
+                    data, category, method, seed, args.root, steps, cached_only=args.cached_only,
+                    **extra,
+                )  # fmt: skip
+                if row is None:
+                    print(f"{method:9s} {category:7s} seed {seed}: not finished", flush=True)
+                    continue
                 rows.append(row)
                 print(
                     f"{method:9s} {category:7s} seed {seed}: image {row['image_auroc']:.3f} "
@@ -91,6 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
                     f"fit {row['fit_s']:.0f} s",
                     flush=True,
                 )
+    rows = complete(rows, args.methods)
     per_category = summarise(rows, by=("method", "category"))
     mean = category_means(rows)
     print(
@@ -104,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
         "steps": steps or budget,
         "settings": settings,
         "seeds": args.seeds,
-        "categories": args.categories,
+        "categories": sorted({row["category"] for row in rows}, key=args.categories.index),
         "rows": rows,
         "per_category": per_category,
         "mean": mean,

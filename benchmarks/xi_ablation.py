@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--root", default="runs/bench")
     parser.add_argument("--out", default=None)
+    parser.add_argument(
+        "--cached-only", action="store_true", help="report the finished cells, compute nothing"
+    )
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
     settings, steps, factors = {}, None, FACTORS
@@ -47,20 +50,26 @@ def main(argv: list[str] | None = None) -> dict:
     rows, start = [], time.perf_counter()
     for seed in args.seeds:
         for category in args.categories:
-            for factor, values in factors.items():
-                for value in values:
-                    change = {} if value == DEFAULTS[factor] else {factor: value}
-                    row = run_cell(
-                        data, category, "F", seed, args.root, steps, **settings, **change
-                    )
-                    row = {**row, "factor": factor, "value": str(value)}
-                    rows.append(row)
-                    print(
-                        f"{category:7s} seed {seed} {factor}={value}: bank {row['bank_size']} "
-                        f"image {row['image_auroc']:.3f} pixel {row['pixel_auroc']:.3f} "
-                        f"{row['ms_per_step']:.0f} ms/step",
-                        flush=True,
-                    )
+            # the changed settings first, the default cell (shared with minitex_table.py) last
+            plan = [(f, v) for f, vs in factors.items() for v in vs if v != DEFAULTS[f]]
+            plan += [(f, v) for f, vs in factors.items() for v in vs if v == DEFAULTS[f]]
+            for factor, value in plan:
+                change = {} if value == DEFAULTS[factor] else {factor: value}
+                row = run_cell(
+                    data, category, "F", seed, args.root, steps, cached_only=args.cached_only,
+                    **settings, **change,
+                )  # fmt: skip
+                if row is None:
+                    print(f"{category:7s} seed {seed} {factor}={value}: not finished", flush=True)
+                    continue
+                row = {**row, "factor": factor, "value": str(value)}
+                rows.append(row)
+                print(
+                    f"{category:7s} seed {seed} {factor}={value}: bank {row['bank_size']} "
+                    f"image {row['image_auroc']:.3f} pixel {row['pixel_auroc']:.3f} "
+                    f"{row['ms_per_step']:.0f} ms/step",
+                    flush=True,
+                )
     keys = METRICS + ("ms_per_step", "bank_size", "infer_s_per_image")
     table = summarise(rows, by=("factor", "value"), keys=keys)  # over categories and seeds
     print("\nmean over categories\n" + format_table(table, ("factor", "value"), keys))
@@ -68,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
         "variant": "F",
         "defaults": DEFAULTS,
         "seeds": args.seeds,
-        "categories": args.categories,
+        "categories": sorted({row["category"] for row in rows}, key=args.categories.index),
         "settings": settings,
         "table": table,
         "rows": rows,

@@ -17,8 +17,10 @@ evaluations of the same weights give the same numbers.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import statistics
 import time
 from collections.abc import Iterable, Sequence
@@ -54,8 +56,9 @@ def run_cell(
     eval_settings: dict | None = None,
     noise_seed: int = 0,
     checkpoints: Sequence[int] = (),
+    cached_only: bool = False,
     **settings,
-) -> dict:
+) -> dict | None:
     """Train/fit + evaluate one cell, or read its cached row. Returns the row (a flat dict).
 
     ``method`` is a CCAD variant (V, C, F, uncond) or ``patchcore``. ``settings`` override
@@ -63,7 +66,8 @@ def run_cell(
     the inference-only fields (t_start, ddim_steps, eta) of an already trained run.
     ``checkpoints`` (steps below the budget) also evaluates the run on its way there, once
     per checkpoint (``row_step<N>.json``, read back by ``checkpoint_rows``): the learning
-    curve costs evaluations, not extra training.
+    curve costs evaluations, not extra training. ``cached_only`` returns None instead of
+    computing a missing cell (to report what a stopped benchmark has finished).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
@@ -73,6 +77,38 @@ def run_cell(
     row_path = folder / _row_file(eval_settings, noise_seed)
     if row_path.is_file():
         return json.loads(row_path.read_text())
+    if cached_only:
+        return None
+    root.mkdir(parents=True, exist_ok=True)
+    with _locked(root / f".{name}.lock"):  # two benchmark processes never train one cell twice
+        if row_path.is_file():  # the other process finished it while we waited
+            return json.loads(row_path.read_text())
+        return _compute_cell(
+            data, category, method, seed, root, steps, eval_settings, noise_seed, checkpoints,
+            settings, name, folder, row_path,
+        )  # fmt: skip
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive advisory lock on ``path`` (blocking) for as long as the block runs."""
+    with path.open("w") as handle:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no concurrent benchmark processes, no lock needed
+            yield
+            return
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _compute_cell(
+    data, category, method, seed, root, steps, eval_settings, noise_seed, checkpoints,
+    settings, name, folder, row_path,
+) -> dict:  # fmt: skip
     if method == "patchcore":
         row = _patchcore_row(data, category, seed, settings.get("image_size", 128))
     else:
@@ -113,6 +149,15 @@ def _checkpoint_row(data, category, variant, seed, folder: Path, root: Path, ste
     path = folder / f"row_step{step}.json"
     if path.is_file():
         return
+    if (folder / "trainer_state.pt").is_file():
+        from ccad_tutorial.train import load_trainer_state
+
+        reached = int(load_trainer_state(folder)["step"])
+        if reached > step:
+            raise ValueError(
+                f"{folder} was trained past step {step} (to {reached}) without evaluating "
+                f"checkpoint {step}; delete the folder to retrain it with its checkpoints."
+            )
     row = _ccad_row(data, category, variant, seed, folder, root, step, settings)
     row.update(_evaluate(folder, data, category, None, 0), step=step, method=variant)
     row.update(category=category, seed=seed)
@@ -136,6 +181,9 @@ def _ccad_row(data, category, variant, seed, folder: Path, root: Path, steps, se
     from ccad_tutorial.train import read_loss_log, train_run
 
     resume = (folder / "trainer_state.pt").is_file()
+    if not resume and (folder / "config.json").is_file():
+        # stopped before its first checkpoint: nothing to resume; the cell folder is ours
+        shutil.rmtree(folder)
     summary = train_run(
         data,
         category,
