@@ -38,7 +38,7 @@ lint: venv
 	$(VENV)/bin/ruff format --check .
 
 test: venv lint
-	$(PY) -m pytest -q; rc=$$?; \
+	$(PY) -m pytest -q --durations=20; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: that is a failure here"; exit 1; fi; \
 	exit $$rc
 

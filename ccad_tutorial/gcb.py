@@ -13,11 +13,17 @@ the CFB (CCAD(C)) or the FCM's K tokens (CCAD(F)). This is exactly diffusers'
 as ``encoder_hidden_states``; CCAD feeds it the bank instead. So the model uses diffusers'
 UNet unchanged, and this file is the readable copy the book explains; ``from_diffusers``
 plus a test prove both compute the same thing.
+
+To look inside a trained UNet: ``find_gcbs`` lists its GCBs, ``gcb_table`` says where each
+sits (resolution, heads, tokens), ``capture_cross_attention`` records which bank tokens each
+spatial position reads, and ``attention_entropy`` says how spread out that reading is.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -195,3 +201,146 @@ def find_gcbs(unet: nn.Module) -> list[tuple[str, nn.Module]]:
         and module.attn2 is not None
         and module.attn2.is_cross_attention
     ]
+
+
+# ---------------------------------------------------------------------- looking inside a UNet
+def _part_and_level(name: str) -> tuple[str, int | None]:
+    """'up_blocks.1.attentions.0.transformer_blocks.0' -> ('up', 1); mid_block -> ('mid', None)."""
+    first, _, rest = name.partition(".")
+    if first == "mid_block":
+        return "mid", None
+    return first.removesuffix("_blocks"), int(rest.split(".")[0])
+
+
+@torch.no_grad()
+def gcb_table(unet: nn.Module, num_tokens: int = 1) -> list[dict]:
+    """One row per GCB of a diffusers UNet: where it sits and how much it attends to.
+
+    Runs ONE forward pass of a zero sample (1, in_channels, s, s) with ``num_tokens`` zero
+    bank tokens and records, with forward pre-hooks, the feature map each GCB receives.
+    The UNet may live on the ``"meta"`` device (built under ``with torch.device("meta")``):
+    then the pass computes shapes only, so SD v1.5's table costs no memory and no time.
+
+    Row keys: name, part ("down" | "mid" | "up"), level (index of the block, None for mid),
+    channels, heads, side (the feature map is side x side), positions (side ** 2: the tokens
+    of self-attention), bank_tokens (the tokens of cross-attention), scores (attention
+    scores per image: heads * positions * (positions + bank_tokens)).
+    """
+    gcbs = find_gcbs(unet)
+    seen: dict[str, tuple[int, int]] = {}
+
+    def record(name: str):
+        def hook(module, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]  # (B, N, dim)
+            seen[name] = (hidden.shape[1], kwargs["encoder_hidden_states"].shape[1])
+
+        return hook
+
+    handles = [b.register_forward_pre_hook(record(n), with_kwargs=True) for n, b in gcbs]
+    try:
+        param = next(unet.parameters())
+        size = unet.config.sample_size
+        side = size if isinstance(size, int) else size[0]
+        sample = torch.zeros(1, unet.config.in_channels, side, side).to(param)
+        bank = torch.zeros(1, num_tokens, unet.config.cross_attention_dim).to(param)
+        unet(sample, torch.zeros(1).to(param.device), encoder_hidden_states=bank)
+    finally:
+        for handle in handles:
+            handle.remove()
+    rows = []
+    for name, block in gcbs:
+        positions, tokens = seen[name]
+        part, level = _part_and_level(name)
+        heads = block.num_attention_heads
+        rows.append(
+            {
+                "name": name,
+                "part": part,
+                "level": level,
+                "channels": block.dim,
+                "heads": heads,
+                "side": math.isqrt(positions),
+                "positions": positions,
+                "bank_tokens": tokens,
+                "scores": heads * positions * (positions + tokens),
+            }
+        )
+    return rows
+
+
+class AttentionStore:
+    """A diffusers attention processor that keeps the attention probabilities it computes.
+
+    It wraps the processor it replaces (``AttnProcessor2_0`` by default): that one still
+    computes the output, so the model's result is unchanged. Before, it recomputes the
+    probabilities exactly as diffusers' ``AttnProcessor`` does (``to_q``, ``to_k``,
+    ``head_to_batch_dim``, ``Attention.get_attention_scores``) and appends them to
+    ``probs``: one (B * heads, N, M) tensor per call, on the CPU; row n holds how much
+    query position n takes from each of the M keys (the bank tokens in a GCB's attn2).
+    """
+
+    def __init__(self, processor) -> None:
+        self.processor = processor
+        self.probs: list[Tensor] = []
+
+    def __call__(
+        self,
+        attn: nn.Module,
+        hidden_states: Tensor,
+        encoder_hidden_states: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        **kwargs,
+    ) -> Tensor:
+        if hidden_states.ndim != 3 or attention_mask is not None or attn.norm_cross:
+            raise ValueError(
+                "AttentionStore reads plain (B, N, C) attention without mask or cross-norm, as "
+                "in a GCB's attn2; install it on BasicTransformerBlock.attn2 modules only."
+            )
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        query = attn.head_to_batch_dim(attn.to_q(hidden_states))  # (B * heads, N, head_dim)
+        key = attn.head_to_batch_dim(attn.to_k(context))  # (B * heads, M, head_dim)
+        self.probs.append(attn.get_attention_scores(query, key).detach().float().cpu())
+        return self.processor(attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs)
+
+
+@contextmanager
+def capture_cross_attention(
+    unet: nn.Module, names: list[str] | None = None
+) -> Iterator[dict[str, AttentionStore]]:
+    """Record the cross-attention probabilities of a UNet's GCBs while the block runs.
+
+        with capture_cross_attention(unet, ["up_blocks.1.attentions.0.transformer_blocks.0"]) as s:
+            unet(x_t, t, encoder_hidden_states=bank)
+        probs = s["up_blocks.1.attentions.0.transformer_blocks.0"].probs[0]  # (B*heads, N, M)
+
+    ``names``: GCB names as ``find_gcbs`` gives them (default: all GCBs). The original
+    processors are put back on exit, even after an error.
+    """
+    gcbs = dict(find_gcbs(unet))
+    names = list(gcbs) if names is None else list(names)
+    unknown = [name for name in names if name not in gcbs]
+    if unknown:
+        raise ValueError(
+            f"capture_cross_attention: {unknown} are not GCBs of this UNet; "
+            f"pick names from find_gcbs(unet): {list(gcbs)}."
+        )
+    stores, originals = {}, {}
+    for name in names:
+        attn = gcbs[name].attn2
+        originals[name] = attn.processor
+        stores[name] = AttentionStore(attn.processor)
+        attn.set_processor(stores[name])
+    try:
+        yield stores
+    finally:
+        for name, processor in originals.items():
+            gcbs[name].attn2.set_processor(processor)
+
+
+def attention_entropy(probs: Tensor) -> Tensor:
+    """Entropy in nats of each attention row: probs (..., M) -> (...,).
+
+    log(M) for a uniform row (the position takes the mean of the bank), 0 for a row that
+    retrieves a single token. ``torch.special.entr`` is -p log p with 0 log 0 = 0.
+    """
+    return torch.special.entr(probs).sum(-1)

@@ -77,15 +77,18 @@ class Chapter:
     def fast(self) -> bool:
         return self.mode == "fast"
 
-    def record(self, **numbers) -> dict:
-        """Add headline numbers and rewrite ``results_path`` atomically (tests read it)."""
+    def record(self, **numbers) -> None:
+        """Add headline numbers and rewrite ``results_path`` atomically (tests read it).
+
+        Returns nothing, so a chapter's last ``chapter.record(...)`` prints nothing into the
+        book; the numbers are in ``chapter.results``.
+        """
         self.results.update(numbers)
         if self.results_path is not None:
             self.results_path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.results_path.with_suffix(self.results_path.suffix + ".tmp")
             tmp.write_text(json.dumps(self.results, indent=2, default=_jsonable))
             os.replace(tmp, self.results_path)
-        return self.results
 
 
 def _jsonable(value):

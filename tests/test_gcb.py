@@ -1,11 +1,20 @@
 """Tests of the Global-feature Conditioned Block (ccad_tutorial/gcb.py)."""
 
+import math
+
 import pytest
 import torch
 from diffusers import UNet2DConditionModel
 from diffusers.models.attention import BasicTransformerBlock
 
-from ccad_tutorial.gcb import GlobalFeatureConditionedBlock, find_gcbs, load_from_diffusers
+from ccad_tutorial.gcb import (
+    GlobalFeatureConditionedBlock,
+    attention_entropy,
+    capture_cross_attention,
+    find_gcbs,
+    gcb_table,
+    load_from_diffusers,
+)
 
 
 def _random_basic_block() -> BasicTransformerBlock:
@@ -123,3 +132,83 @@ def test_gcb_replays_a_unet_cross_attention_block():
     bank = torch.randn(1, 5, 24)
     with torch.no_grad():
         assert torch.allclose(gcb(x, bank), basic(x, encoder_hidden_states=bank), atol=1e-5)
+
+
+def _unet_inputs(batch: int = 2, tokens: int = 5):
+    generator = torch.Generator().manual_seed(4)
+    sample = torch.randn(batch, 4, 16, 16, generator=generator)
+    return sample, torch.randn(batch, tokens, 24, generator=generator)
+
+
+def test_captured_cross_attention_rows_sum_to_one_with_shape_batch_heads_positions_tokens():
+    unet = _tiny_unet()
+    sample, bank = _unet_inputs(batch=2, tokens=5)
+    with torch.no_grad(), capture_cross_attention(unet) as stores:
+        unet(sample, 10, encoder_hidden_states=bank)
+    assert list(stores) == [name for name, _ in find_gcbs(unet)]
+    for name, store in stores.items():
+        (probs,) = store.probs  # one forward pass: one record
+        heads = dict(find_gcbs(unet))[name].num_attention_heads
+        assert probs.shape == (2 * heads, 8 * 8, 5)  # 16 px sample, the GCBs run at 8 x 8
+        assert torch.allclose(probs.sum(-1), torch.ones(2 * heads, 64), atol=1e-5)
+        assert (probs >= 0).all()
+
+
+def test_capturing_leaves_the_unet_output_and_processors_unchanged():
+    unet = _tiny_unet()
+    sample, bank = _unet_inputs()
+    before = {name: block.attn2.processor for name, block in find_gcbs(unet)}
+    with torch.no_grad():
+        expected = unet(sample, 10, encoder_hidden_states=bank).sample
+        with capture_cross_attention(unet):
+            captured = unet(sample, 10, encoder_hidden_states=bank).sample
+    assert torch.allclose(captured, expected, atol=1e-5)
+    assert {name: block.attn2.processor for name, block in find_gcbs(unet)} == before
+
+
+def test_captured_probabilities_are_the_explicit_gcb_attention_weights():
+    unet = _tiny_unet()
+    name, basic = find_gcbs(unet)[-1]
+    gcb = GlobalFeatureConditionedBlock.from_diffusers(basic)
+    x, bank = torch.randn(2, 16, basic.dim), torch.randn(2, 5, 24)
+    with torch.no_grad(), capture_cross_attention(unet, [name]) as stores:
+        basic(x, encoder_hidden_states=bank)
+        _, weights = gcb(x, bank, return_attention=True)  # (B, heads, N, M)
+    assert torch.allclose(stores[name].probs[0], weights.flatten(0, 1), atol=1e-5)
+
+
+def test_capture_names_the_gcbs_it_knows_when_given_a_wrong_name():
+    with pytest.raises(ValueError, match="down_blocks.1.attentions.0.transformer_blocks.0"):
+        with capture_cross_attention(_tiny_unet(), ["up_blocks.9"]):
+            pass
+
+
+def test_gcb_table_gives_each_blocks_resolution_and_token_counts():
+    rows = gcb_table(_tiny_unet(), num_tokens=7)
+    assert [row["name"] for row in rows] == [name for name, _ in find_gcbs(_tiny_unet())]
+    assert [row["part"] for row in rows] == ["down", "up", "up", "mid"]
+    assert all(row["side"] == 8 and row["positions"] == 64 for row in rows)
+    assert all(row["bank_tokens"] == 7 and row["channels"] == 64 for row in rows)
+    assert rows[0]["scores"] == rows[0]["heads"] * 64 * (64 + 7)
+
+
+def test_gcb_table_of_stable_diffusion_builds_on_the_meta_device():
+    from ccad_tutorial.model import build_unet
+    from ccad_tutorial.presets import make_config
+
+    with torch.device("meta"):  # shapes only: no weights are allocated
+        unet = build_unet(make_config("sd15", "C"))
+    rows = gcb_table(unet, num_tokens=20)
+    assert len(rows) == 16  # SD v1.5: 2 per down level x 3, 1 mid, 3 per up level x 3
+    sides = {(row["part"], row["level"]): row["side"] for row in rows}
+    assert sides == {
+        ("down", 0): 32, ("down", 1): 16, ("down", 2): 8, ("mid", None): 4,
+        ("up", 1): 8, ("up", 2): 16, ("up", 3): 32,
+    }  # fmt: skip
+
+
+def test_attention_entropy_is_log_m_for_uniform_rows_and_zero_for_one_hot_rows():
+    uniform = torch.full((3, 4, 10), 0.1)
+    one_hot = torch.nn.functional.one_hot(torch.tensor([2, 7]), 10).float()
+    assert torch.allclose(attention_entropy(uniform), torch.full((3, 4), math.log(10)))
+    assert torch.equal(attention_entropy(one_hot), torch.zeros(2))
