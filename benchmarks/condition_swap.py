@@ -24,12 +24,19 @@ from pathlib import Path
 from ccad_tutorial.coreset import CoarseFeatureBank
 from ccad_tutorial.datasets import load_split
 from ccad_tutorial.diagnostics import condition_swap
-from ccad_tutorial.experiments import cell_name, run_cell, write_result
+from ccad_tutorial.experiments import (
+    QUICK_SETTINGS,
+    add_bench_arguments,
+    bench_output,
+    categories_of,
+    cell_name,
+    run_cell,
+    write_result,
+)
 from ccad_tutorial.minitex import CATEGORIES, ensure_minitex
 from ccad_tutorial.train import load_run
 
 RESULTS = Path(__file__).resolve().parent / "results"
-QUICK = dict(image_size=32, crop_size=16, vae_steps=4, batch_size=4)
 
 
 def swap_cell(
@@ -58,22 +65,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--categories", nargs="+", default=list(CATEGORIES))
     parser.add_argument("--variants", nargs="+", default=["F"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    parser.add_argument("--root", default="runs/bench")
-    parser.add_argument("--out", default=None)
-    parser.add_argument(
-        "--cached-only", action="store_true", help="report the finished cells, compute nothing"
-    )
-    parser.add_argument("--quick", action="store_true")
+    add_bench_arguments(parser)
     args = parser.parse_args(argv)
     settings, steps = {}, None
     if args.quick:
         args.categories, args.seeds, steps = args.categories[:2], [0], 6
-        args.root, settings = str(Path(args.root) / "quick"), QUICK
+        settings = QUICK_SETTINGS
+    out = bench_output(args, "condition_swap", RESULTS)
     root = Path(args.root)
-    out = Path(
-        args.out
-        or (root / "condition_swap.json" if args.quick else RESULTS / "condition_swap.json")
-    )
     data = ensure_minitex()
     rows, start = [], time.perf_counter()
     for seed in args.seeds:
@@ -117,7 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(json.dumps(summary, indent=2))
     payload = {
         "seeds": args.seeds,
-        "categories": sorted({row["category"] for row in rows}, key=args.categories.index),
+        "categories": categories_of(rows, args.categories),
         "settings": settings,
         "summary": summary,
         "rows": rows,

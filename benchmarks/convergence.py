@@ -26,12 +26,21 @@ import statistics
 import time
 from pathlib import Path
 
-from ccad_tutorial.experiments import METRICS, checkpoint_rows, run_cell, write_result
+from ccad_tutorial.experiments import (
+    METRICS,
+    QUICK_SETTINGS,
+    add_bench_arguments,
+    bench_output,
+    categories_of,
+    checkpoint_rows,
+    complete,
+    run_cell,
+    write_result,
+)
 from ccad_tutorial.minitex import CATEGORIES, ensure_minitex
 from ccad_tutorial.presets import make_config
 
 RESULTS = Path(__file__).resolve().parent / "results"
-QUICK = dict(image_size=32, crop_size=16, vae_steps=4, batch_size=4)
 
 
 def run_curve(
@@ -78,21 +87,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--variants", nargs="+", default=["F", "uncond"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--checkpoints", nargs="+", type=int, default=[100, 200, 400, 800])
-    parser.add_argument("--root", default="runs/bench")
-    parser.add_argument("--out", default=None)
-    parser.add_argument(
-        "--cached-only", action="store_true", help="report the finished cells, compute nothing"
-    )
-    parser.add_argument("--quick", action="store_true")
+    add_bench_arguments(parser)
     args = parser.parse_args(argv)
     settings = {}
     if args.quick:
         args.categories, args.seeds, args.checkpoints = args.categories[:1], [0], [3, 6]
-        args.root, settings = str(Path(args.root) / "quick"), QUICK
+        settings = QUICK_SETTINGS
+    out = bench_output(args, "convergence", RESULTS)
     root = Path(args.root)
-    out = Path(
-        args.out or (root / "convergence.json" if args.quick else RESULTS / "convergence.json")
-    )
     data = ensure_minitex()
     rows, start = [], time.perf_counter()
     for seed in args.seeds:
@@ -114,11 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
                     ),
                     flush=True,
                 )
-    done = {}
-    for row in rows:  # only runs whose counterpart finished too: curves compare like with like
-        done.setdefault((row["category"], row["seed"]), set()).add(row["variant"])
-    keep = {key for key, found in done.items() if found >= set(args.variants)}
-    rows = [row for row in rows if (row["category"], row["seed"]) in keep]
+    rows = complete(rows, "variant", args.variants)  # curves compare like with like
     curves = {v: {k: curve(rows, v, k) for k in (*METRICS, "loss")} for v in args.variants}
     ratio = None
     if rows and "F" in curves and "uncond" in curves:
@@ -133,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
     payload = {
         "checkpoints": args.checkpoints,
         "seeds": args.seeds,
-        "categories": sorted({row["category"] for row in rows}, key=args.categories.index),
+        "categories": categories_of(rows, args.categories),
         "settings": settings,
         "curves": curves,
         "steps_ratio_conditioned_over_uncond": ratio,

@@ -22,6 +22,10 @@ from pathlib import Path
 
 from ccad_tutorial.experiments import (
     METRICS,
+    QUICK_SETTINGS,
+    add_bench_arguments,
+    bench_output,
+    categories_of,
     cell_name,
     format_table,
     run_cell,
@@ -32,7 +36,6 @@ from ccad_tutorial.minitex import CATEGORIES, ensure_minitex
 from ccad_tutorial.presets import make_config
 
 RESULTS = Path(__file__).resolve().parent / "results"
-QUICK = dict(image_size=32, crop_size=16, vae_steps=4, batch_size=4)
 
 
 SCORERS = {  # name -> AnomalyScorer arguments (random-init resnet50, BatchNorm calibrated)
@@ -92,26 +95,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--t-start", nargs="+", type=int, default=[100, 200, 400, 600, 800])
     parser.add_argument("--ddim-steps", nargs="+", type=int, default=[2, 5, 10, 20])
-    parser.add_argument("--root", default="runs/bench")
-    parser.add_argument("--out", default=None)
-    parser.add_argument(
-        "--cached-only", action="store_true", help="report the finished cells, compute nothing"
-    )
-    parser.add_argument("--quick", action="store_true")
+    add_bench_arguments(parser)
     args = parser.parse_args(argv)
     settings, steps = {}, None
     if args.quick:
         args.categories, args.seeds, steps = args.categories[:1], [0], 6
         args.t_start, args.ddim_steps = [100, 400], [2]
-        args.root, settings = str(Path(args.root) / "quick"), QUICK
-    out = Path(
-        args.out
-        or (
-            Path(args.root) / "inference_ablation.json"
-            if args.quick
-            else RESULTS / "inference_ablation.json"
-        )
-    )
+        settings = QUICK_SETTINGS
+    out = bench_output(args, "inference_ablation", RESULTS)
     default = make_config("tiny", args.variant)
     grid = [{"t_start": t, "ddim_steps": default.ddim_steps} for t in args.t_start]
     grid += [{"t_start": default.t_start, "ddim_steps": n} for n in args.ddim_steps]
@@ -156,7 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
         "variant": args.variant,
         "defaults": {"t_start": default.t_start, "ddim_steps": default.ddim_steps},
         "seeds": args.seeds,
-        "categories": sorted({row["category"] for row in rows}, key=args.categories.index),
+        "categories": categories_of(rows, args.categories),
         "settings": settings,
         "table": table,
         "rows": rows,

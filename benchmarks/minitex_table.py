@@ -23,7 +23,12 @@ import torch
 
 from ccad_tutorial.experiments import (
     METHODS,
+    QUICK_SETTINGS,
+    add_bench_arguments,
+    bench_output,
+    categories_of,
     category_means,
+    complete,
     format_table,
     run_cell,
     summarise,
@@ -33,16 +38,6 @@ from ccad_tutorial.minitex import CATEGORIES, ensure_minitex
 from ccad_tutorial.presets import make_config
 
 RESULTS = Path(__file__).resolve().parent / "results"
-QUICK = dict(image_size=32, crop_size=16, vae_steps=4, batch_size=4)  # settings of --quick
-
-
-def complete(rows: list[dict], methods) -> list[dict]:
-    """Only the (category, seed) pairs every method finished: means must compare like with like."""
-    done = {}
-    for row in rows:
-        done.setdefault((row["category"], row["seed"]), set()).add(row["method"])
-    keep = {key for key, found in done.items() if found >= set(methods)}
-    return [row for row in rows if (row["category"], row["seed"]) in keep]
 
 
 def machine() -> dict:
@@ -61,12 +56,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--methods", nargs="+", default=["F", "uncond", "C", "patchcore", "V"], choices=METHODS
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    parser.add_argument("--root", default="runs/bench", help="cache folder of the cells")
-    parser.add_argument("--out", default=None, help="JSON output path")
-    parser.add_argument(
-        "--cached-only", action="store_true", help="report the finished cells, compute nothing"
-    )
-    parser.add_argument("--quick", action="store_true", help="smoke run (a minute)")
+    add_bench_arguments(parser)
     parser.add_argument(
         "--checkpoints", nargs="+", type=int, default=[100, 200, 400],
         help="F and uncond are also evaluated at these steps (convergence.py reads them)",
@@ -77,14 +67,8 @@ def main(argv: list[str] | None = None) -> dict:
         args.categories, args.seeds, steps = args.categories[:1], args.seeds[:1], 6
         args.checkpoints = [3]
         args.methods = [m for m in args.methods if m in ("F", "uncond", "patchcore")]
-        args.root = str(Path(args.root) / "quick")
-        settings = QUICK
-    out = Path(
-        args.out
-        or (
-            Path(args.root) / "minitex_table.json" if args.quick else RESULTS / "minitex_table.json"
-        )
-    )
+        settings = QUICK_SETTINGS
+    out = bench_output(args, "minitex_table", RESULTS)
     data = ensure_minitex()
     rows, start = [], time.perf_counter()
     for seed in args.seeds:  # seed-major: a stopped run has whole seeds, not half of each
@@ -109,7 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
                     f"fit {row['fit_s']:.0f} s",
                     flush=True,
                 )
-    rows = complete(rows, args.methods)
+    rows = complete(rows, "method", args.methods)
     per_category = summarise(rows, by=("method", "category"))
     mean = category_means(rows)
     print(
@@ -123,7 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
         "steps": steps or budget,
         "settings": settings,
         "seeds": args.seeds,
-        "categories": sorted({row["category"] for row in rows}, key=args.categories.index),
+        "categories": categories_of(rows, args.categories),
         "rows": rows,
         "per_category": per_category,
         "mean": mean,

@@ -17,11 +17,20 @@ import argparse
 import time
 from pathlib import Path
 
-from ccad_tutorial.experiments import METRICS, format_table, run_cell, summarise, write_result
+from ccad_tutorial.experiments import (
+    METRICS,
+    QUICK_SETTINGS,
+    add_bench_arguments,
+    bench_output,
+    categories_of,
+    format_table,
+    run_cell,
+    summarise,
+    write_result,
+)
 from ccad_tutorial.minitex import ensure_minitex
 
 RESULTS = Path(__file__).resolve().parent / "results"
-QUICK = dict(image_size=32, crop_size=16, vae_steps=4, batch_size=4)
 FACTORS = {"xi": [0.02, 0.1, 0.5], "num_queries": [4, 16, 64], "pool": ["image", "patch"]}
 DEFAULTS = {"xi": 0.1, "num_queries": 64, "pool": "image"}
 
@@ -30,22 +39,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--categories", nargs="+", default=["brick", "hexnut"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
-    parser.add_argument("--root", default="runs/bench")
-    parser.add_argument("--out", default=None)
-    parser.add_argument(
-        "--cached-only", action="store_true", help="report the finished cells, compute nothing"
-    )
-    parser.add_argument("--quick", action="store_true")
+    add_bench_arguments(parser)
     args = parser.parse_args(argv)
     settings, steps, factors = {}, None, FACTORS
     if args.quick:
         args.categories, args.seeds, steps = args.categories[:1], [0], 6
-        args.root, settings = str(Path(args.root) / "quick"), QUICK
+        settings = QUICK_SETTINGS
         factors = {"num_queries": [4, 64]}
-    out = Path(
-        args.out
-        or (Path(args.root) / "xi_ablation.json" if args.quick else RESULTS / "xi_ablation.json")
-    )
+    out = bench_output(args, "xi_ablation", RESULTS)
     data = ensure_minitex()
     rows, start = [], time.perf_counter()
     for seed in args.seeds:
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
         "variant": "F",
         "defaults": DEFAULTS,
         "seeds": args.seeds,
-        "categories": sorted({row["category"] for row in rows}, key=args.categories.index),
+        "categories": categories_of(rows, args.categories),
         "settings": settings,
         "table": table,
         "rows": rows,

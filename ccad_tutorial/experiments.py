@@ -29,6 +29,7 @@ from pathlib import Path
 from ccad_tutorial.presets import VARIANTS, make_config
 
 METRICS = ("image_auroc", "pixel_auroc", "aupro", "f1_max")
+QUICK_SETTINGS = dict(image_size=32, crop_size=16, vae_steps=4, batch_size=4)  # --quick cells
 METHODS = VARIANTS + ("patchcore",)
 INFERENCE_FIELDS = ("t_start", "ddim_steps", "eta")  # read by CCAD.reconstruct at call time
 
@@ -303,3 +304,39 @@ def write_result(path: str | os.PathLike, key: str, payload: dict) -> Path:
     tmp.write_text(json.dumps({key: payload}, indent=2, default=float) + "\n")
     os.replace(tmp, path)
     return path
+
+
+# ---------------------------------------------------------------------- the benchmark scripts
+def add_bench_arguments(parser) -> None:
+    """The options every script of ``benchmarks/`` shares: --root, --out, --cached-only, --quick."""
+    parser.add_argument("--root", default="runs/bench", help="cache folder of the cells")
+    parser.add_argument("--out", default=None, help="JSON output path")
+    parser.add_argument(
+        "--cached-only", action="store_true", help="report the finished cells, compute nothing"
+    )
+    parser.add_argument("--quick", action="store_true", help="smoke run on tiny settings")
+
+
+def bench_output(args, name: str, results: Path) -> Path:
+    """Where a script writes ``<name>.json``; ``--quick`` moves the cells and the file under
+    ``<root>/quick`` (sets ``args.root``), so a smoke run never overwrites published results."""
+    if args.quick:
+        args.root = str(Path(args.root) / "quick")
+    if args.out:
+        return Path(args.out)
+    return Path(args.root) / f"{name}.json" if args.quick else results / f"{name}.json"
+
+
+def complete(rows: list[dict], key: str, wanted: Iterable) -> list[dict]:
+    """Only the (category, seed) pairs for which every ``wanted`` value of ``row[key]``
+    finished: means over categories must compare like with like."""
+    done: dict[tuple, set] = {}
+    for row in rows:
+        done.setdefault((row["category"], row["seed"]), set()).add(row[key])
+    keep = {pair for pair, found in done.items() if found >= set(wanted)}
+    return [row for row in rows if (row["category"], row["seed"]) in keep]
+
+
+def categories_of(rows: list[dict], order: Sequence[str]) -> list[str]:
+    """The categories present in ``rows``, in the order the script was given them."""
+    return sorted({row["category"] for row in rows}, key=list(order).index)
