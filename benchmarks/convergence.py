@@ -17,6 +17,8 @@ The paper's claim -- conditioning converges faster -- is read off as
 where "needs to reach" is the first checkpoint at which the mean image AUROC over
 categories and seeds is at least that value (linear interpolation between checkpoints);
 None when F never reaches it within the checkpoints. The paper's claim is <= 0.7.
+The curves use the pixel-L1 map by default (``--score l1``): it measures the reconstruction
+alone, and every cached checkpoint row carries it; ``--score feature`` uses the rows' metrics.
 """
 
 from __future__ import annotations
@@ -59,6 +61,16 @@ def run_curve(
     return [{**r, "variant": variant} for r in rows if r["step"] in checkpoints]
 
 
+def rescore(rows: list[dict], score: str) -> list[dict]:
+    """Rows whose metrics are those of the ``score`` map (every row carries ``l1_<metric>``)."""
+    if score == "feature":
+        missing = [r["cell"] if "cell" in r else r["category"] for r in rows if r.get("score") == "l1"]
+        if missing:
+            raise ValueError(f"rows of {sorted(set(missing))} have no feature metrics; use --score l1")
+        return rows
+    return [{**r, **{m: r[f"l1_{m}"] for m in METRICS}} for r in rows]
+
+
 def curve(rows: list[dict], variant: str, key: str = "image_auroc") -> list[tuple[int, float]]:
     """Mean over categories and seeds of ``key`` at each checkpoint: [(step, value), ...]."""
     by_step: dict[int, list[float]] = {}
@@ -87,6 +99,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--variants", nargs="+", default=["F", "uncond"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--checkpoints", nargs="+", type=int, default=[100, 200, 400, 800])
+    parser.add_argument(
+        "--score", choices=("l1", "feature"), default="l1",
+        help="anomaly map of the curves: l1 (default) measures the reconstruction alone",
+    )  # fmt: skip
     add_bench_arguments(parser)
     args = parser.parse_args(argv)
     settings = {}
@@ -117,6 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
                     flush=True,
                 )
     rows = complete(rows, "variant", args.variants)  # curves compare like with like
+    rows = rescore(rows, args.score)
     curves = {v: {k: curve(rows, v, k) for k in (*METRICS, "loss")} for v in args.variants}
     ratio = None
     if rows and "F" in curves and "uncond" in curves:
@@ -130,6 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"steps_ratio_conditioned_over_uncond = {ratio} (paper's claim: <= 0.7)")
     payload = {
         "checkpoints": args.checkpoints,
+        "score": args.score,
         "seeds": args.seeds,
         "categories": categories_of(rows, args.categories),
         "settings": settings,

@@ -160,7 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="write the metrics to this JSON file")
     p.set_defaults(func=cmd_patchcore)
 
-    p = sub.add_parser("train", help="train a CCAD variant on one category")
+    p = sub.add_parser(
+        "train", help="train a CCAD variant on one category (or several joined by '+': one model)"
+    )
     _add_data_args(p)
     p.add_argument("--variant", default="F", choices=("V", "C", "F", "uncond"))
     p.add_argument("--preset", default="tiny", choices=("tiny", "sd15"))

@@ -54,8 +54,12 @@ def condition_swap(
     test_batch,
     alternative_banks: dict[str, Tensor] | None = None,
     noise_seed: int = 0,
+    controls: bool = True,
 ) -> dict[str, dict]:
     """Evaluate ``model`` on ``test_batch`` (datasets.Batch) under each bank.
+
+    ``controls=False`` skips the shuffled and zero banks (only ``real`` and the
+    ``alternative_banks`` are evaluated: one reconstruction of the test split each).
 
     Returns {bank name: {"image_auroc", "pixel_auroc", ..., "heldout_loss", "recon_change"}},
     where recon_change is the mean absolute pixel difference from the real-bank
@@ -65,7 +69,7 @@ def condition_swap(
 
     banks = {
         "real": model.bank,
-        **swapped_banks(model.bank.cpu(), noise_seed),
+        **(swapped_banks(model.bank.cpu(), noise_seed) if controls else {}),
         **(alternative_banks or {}),
     }
     images, labels = test_batch.images, test_batch.labels

@@ -32,6 +32,7 @@ METRICS = ("image_auroc", "pixel_auroc", "aupro", "f1_max")
 QUICK_SETTINGS = dict(image_size=32, crop_size=16, vae_steps=4, batch_size=4)  # --quick cells
 METHODS = VARIANTS + ("patchcore",)
 INFERENCE_FIELDS = ("t_start", "ddim_steps", "eta")  # read by CCAD.reconstruct at call time
+SCORE = "feature"  # the anomaly map of every row's metrics; rows also carry l1_<metric>
 
 
 def cell_name(method: str, category: str, seed: int, settings: dict | None = None) -> str:
@@ -58,6 +59,7 @@ def run_cell(
     noise_seed: int = 0,
     checkpoints: Sequence[int] = (),
     cached_only: bool = False,
+    test_category: str | None = None,
     **settings,
 ) -> dict | None:
     """Train/fit + evaluate one cell, or read its cached row. Returns the row (a flat dict).
@@ -69,13 +71,19 @@ def run_cell(
     per checkpoint (``row_step<N>.json``, read back by ``checkpoint_rows``): the learning
     curve costs evaluations, not extra training. ``cached_only`` returns None instead of
     computing a missing cell (to report what a stopped benchmark has finished).
+
+    ``category`` may join several with ``+`` (one unified model for all, see
+    ``train.train_run``); ``test_category`` then names the one category this row evaluates
+    (its row file carries the name; the model is trained once for all of them).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
     root = Path(root)
     name = cell_name(method, category, seed, {**settings, **({"steps": steps} if steps else {})})
     folder = root / name
-    row_path = folder / _row_file(eval_settings, noise_seed)
+    if test_category is not None and method == "patchcore":
+        raise ValueError("test_category is for unified CCAD cells; PatchCore fits one category.")
+    row_path = folder / _row_file(eval_settings, noise_seed, test_category)
     if row_path.is_file():
         return json.loads(row_path.read_text())
     if cached_only:
@@ -86,7 +94,7 @@ def run_cell(
             return json.loads(row_path.read_text())
         return _compute_cell(
             data, category, method, seed, root, steps, eval_settings, noise_seed, checkpoints,
-            settings, name, folder, row_path,
+            settings, name, folder, row_path, test_category,
         )  # fmt: skip
 
 
@@ -108,7 +116,7 @@ def _locked(path: Path):
 
 def _compute_cell(
     data, category, method, seed, root, steps, eval_settings, noise_seed, checkpoints,
-    settings, name, folder, row_path,
+    settings, name, folder, row_path, test_category=None,
 ) -> dict:  # fmt: skip
     if method == "patchcore":
         row = _patchcore_row(data, category, seed, settings.get("image_size", 128))
@@ -117,8 +125,9 @@ def _compute_cell(
         for step in sorted(c for c in checkpoints if c < final):
             _checkpoint_row(data, category, method, seed, folder, root, step, settings)
         row = _ccad_row(data, category, method, seed, folder, root, final, settings)
-        row.update(_evaluate(folder, data, category, eval_settings, noise_seed))
-    row.update(method=method, category=category, seed=seed, cell=name, **(eval_settings or {}))
+        row.update(_evaluate(folder, data, test_category or category, eval_settings, noise_seed))
+    row.update(method=method, category=test_category or category, seed=seed, cell=name)
+    row.update(**({"trained_on": category} if test_category else {}), **(eval_settings or {}))
     folder.mkdir(parents=True, exist_ok=True)
     tmp = row_path.with_name(row_path.name + ".tmp")
     tmp.write_text(json.dumps(row, indent=2))
@@ -126,9 +135,10 @@ def _compute_cell(
     return row
 
 
-def _row_file(eval_settings: dict | None, noise_seed: int) -> str:
+def _row_file(eval_settings: dict | None, noise_seed: int, test_category=None) -> str:
     extra = cell_name("eval", "n", noise_seed, eval_settings) if eval_settings or noise_seed else ""
-    return f"row{('_' + extra) if extra else ''}.json"
+    extra += f"_test={test_category}" if test_category else ""
+    return f"row{('_' + extra.lstrip('_')) if extra else ''}.json"
 
 
 def _patchcore_row(data, category: str, seed: int, image_size: int) -> dict:
@@ -212,9 +222,16 @@ def _ccad_row(data, category, variant, seed, folder: Path, root: Path, steps, se
 
 
 def _evaluate(folder: Path, data, category: str, eval_settings, noise_seed: int) -> dict:
-    """Metrics of the run in ``folder`` (inference fields optionally overridden)."""
+    """Metrics of the run in ``folder`` (inference fields optionally overridden).
+
+    One reconstruction of the test split, scored twice: the row's metrics come from the
+    feature map (``SCORE``, the presets' default: a ResNet-50 drawn from the run's seed and
+    calibrated on the category's normals, the same scorer for every variant of a seed), the
+    ``l1_<metric>`` keys from the pixel-L1 map of the same reconstructions.
+    """
     from ccad_tutorial.datasets import load_split
     from ccad_tutorial.metrics import evaluate
+    from ccad_tutorial.model import build_scorer
     from ccad_tutorial.train import load_run
 
     model, cfg = load_run(folder, device="cpu")
@@ -226,13 +243,21 @@ def _evaluate(folder: Path, data, category: str, eval_settings, noise_seed: int)
             )
         setattr(model.cfg, key, value)
     test = load_split(data, "mvtec", category, "test", cfg.image_size)
+    if cfg.score_mode != SCORE:  # a run trained with another default: score it as the others
+        train = load_split(data, "mvtec", category, "train", cfg.image_size)
+        model.scorer = build_scorer(cfg, SCORE).calibrate(train.images).eval()
     start = time.perf_counter()
     recons = model.reconstruct(test.images, noise_seed=noise_seed, progress=False)
     maps, scores = model.anomaly_maps(test.images, recons)
     infer_s = time.perf_counter() - start
-    result = {k: float(v) for k, v in evaluate(test.labels, scores, test.masks, maps).items()}
+    result = evaluate(test.labels, scores, test.masks, maps)
+    l1 = build_scorer(cfg, "l1")
+    l1_maps = l1(test.images, recons)
+    l1_result = evaluate(test.labels, l1.image_scores(l1_maps), test.masks, l1_maps)
     return {
-        **{k: result[k] for k in METRICS},
+        **{k: float(result[k]) for k in METRICS},
+        **{f"l1_{k}": float(l1_result[k]) for k in METRICS},
+        "score": SCORE,
         "infer_s_per_image": round(infer_s / len(test.labels), 4),
         "n_test": len(test.labels),
     }

@@ -87,6 +87,23 @@ def build_guidance(
     return ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=embed_channels)
 
 
+def build_scorer(cfg: CCADConfig, mode: str | None = None) -> AnomalyScorer:
+    """The run's anomaly scorer (``mode`` overrides ``cfg.score_mode``).
+
+    A random-init backbone is drawn from ``cfg.seed`` under a forked RNG: the scorer is the
+    same for every variant of a seed, and choosing it never changes the trained model
+    (training draws from the global RNG afterwards). Calibrate it on the normals before use.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return AnomalyScorer(
+            backbone=cfg.score_backbone,
+            layers=cfg.score_layers,
+            pretrained=cfg.score_pretrained,
+            mode=mode or cfg.score_mode,
+        )
+
+
 def image_noise(shape: torch.Size, seed: int, first_index: int) -> Tensor:
     """Gaussian noise (B, C, h, w) where image i of the data set always gets the same draw.
 
@@ -141,12 +158,7 @@ class CCAD(nn.Module):
             self.extractor = FeatureExtractor(
                 cfg.backbone, cfg.feature_layers, pool="image", pretrained=cfg.pretrained_backbone
             )
-        self.scorer = AnomalyScorer(
-            backbone=cfg.score_backbone,
-            layers=cfg.score_layers,
-            pretrained=cfg.score_pretrained,
-            mode=cfg.score_mode,
-        )
+        self.scorer = build_scorer(cfg)
         self.noise_scheduler = DDPMScheduler(
             num_train_timesteps=cfg.num_train_timesteps,
             beta_start=cfg.beta_start,

@@ -7,7 +7,8 @@ book, not of the paper (see the brief); the book switches them to measure their 
 Presets:
 
 * ``tiny``: runs on two CPU cores in minutes. Small random-init UNet and VAE (the VAE is
-  trained on the normals first), random-init resnet18 features, 128 px, pixel-L1 maps.
+  trained on the normals first), random-init resnet18 features, 128 px, feature anomaly
+  maps from a random-init ResNet-50 whose BatchNorm statistics are calibrated on the normals.
 * ``sd15``: the DiAD/CCAD setting. Stable Diffusion v1.5's UNet and VAE architecture at
   256 px (weights from ``--pretrained``, else random), pretrained ResNet-50 feature maps.
 """
@@ -75,7 +76,7 @@ class CCADConfig:
     ddim_steps: int = 10
     eta: float = 0.0
     # --- anomaly map (scoring.AnomalyScorer) ---
-    score_mode: str = "l1"  # "l1" pixel difference or "feature" (1 - cosine of backbone maps)
+    score_mode: str = "feature"  # 1 - cosine of backbone maps (DiAD, CCAD), or "l1" pixels
     score_backbone: str = "resnet50"
     score_layers: tuple[int, ...] = (1, 2, 3)
     score_pretrained: bool = False

@@ -403,9 +403,16 @@ def train_run(
     ``out`` at its saved step; ``overrides`` set any other CCADConfig field. ``vae_cache``
     (a folder) shares the stage-1 VAE between runs with the same data, category, seed and VAE
     settings (variants C, F and uncond then start from the identical autoencoder).
+
+    ``category`` may join several with ``+`` (``"brick+grass"``): ONE model for all of them
+    (DiAD's unified, multi-class setting), trained on their pooled normals, with one bank
+    selected from all their features (``bank_categories`` says which category each bank
+    entry came from). Evaluate it per category.
     """
     out = Path(out)
-    _check_category(data, layout, category)
+    categories = split_categories(category)
+    for name in categories:
+        _check_category(data, layout, name)
     if resume:
         cfg, model, state = _resume(out, variant, preset, device)
         if steps is not None:
@@ -421,10 +428,13 @@ def train_run(
         if steps is not None:
             cfg.steps = steps
         state = None
-    images = load_split(data, layout, category, "train", cfg.image_size).images
+    parts = [load_split(data, layout, c, "train", cfg.image_size).images for c in categories]
+    images = torch.cat(parts)
     times = dict(cfg.extra.get("times", {}))
     if not resume:
         out.mkdir(parents=True, exist_ok=True)
+        if len(categories) > 1:  # before the bank: _new_model writes config.json
+            cfg.extra["train_counts"] = {c: len(p) for c, p in zip(categories, parts, strict=True)}
         model = _new_model(cfg, images, out, pretrained, times, progress, vae_cache, data, category)
         model.to(resolve_device(device))
     cfg.extra.update(train_args={"data": str(data), "category": category, "layout": layout})
@@ -522,6 +532,33 @@ def _resume(out: Path, variant: str, preset: str, device: str):
     if cfg.ema_decay is not None and (out / "ema.safetensors").is_file():
         state["ema"] = _load_safetensors(out / "ema.safetensors")
     return cfg, model, state
+
+
+def split_categories(category: str) -> list[str]:
+    """``"brick+grass"`` -> ``["brick", "grass"]`` (one category -> a list of one)."""
+    names = [c.strip() for c in str(category).split("+")]
+    if not all(names) or len(set(names)) != len(names):
+        raise DataError(
+            f"--category {category!r}: join distinct category names with '+', e.g. brick+grass."
+        )
+    return names
+
+
+def bank_categories(run: str | os.PathLike) -> list[str]:
+    """The training category of each entry of a run's bank (in bank order).
+
+    A single-category run returns its category for every entry; a unified run (``+``)
+    maps each entry's source index through the per-category counts of its training set.
+    """
+    run = Path(run)
+    cfg = read_config(run)
+    bank = CoarseFeatureBank.load(run / "bank.safetensors")
+    counts = cfg.extra.get("train_counts")
+    if not counts:
+        return [cfg.extra["train_args"]["category"]] * len(bank)
+    per_image = [c for c, n in counts.items() for _ in range(n)]
+    per_entry = len(per_image) and bank.source_count // len(per_image)  # patch banks: h*w each
+    return [per_image[int(i) // per_entry] for i in bank.indices]
 
 
 def _check_category(data, layout: str, category: str) -> None:

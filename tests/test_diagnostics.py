@@ -38,3 +38,15 @@ def test_condition_swap_reports_every_bank_and_sees_the_change(minitex_root, tmp
     assert 0 <= results["shuffled"]["image_auroc"] <= 1
     again = condition_swap(model, test)
     assert again["real"] == results["real"]  # fixed noise: the diagnostic is reproducible
+
+
+def test_condition_swap_without_controls_evaluates_only_the_banks_asked_for(minitex_root, tmp_path):
+    train_run(
+        minitex_root, "brick", tmp_path / "run", variant="C", steps=1, progress=False,
+        ddim_steps=2, **FAST,
+    )  # fmt: skip
+    model, cfg = load_run(tmp_path / "run")
+    test = load_split(minitex_root, "mvtec", "brick", "test", image_size=32)
+    results = condition_swap(model, test, {"other": torch.randn_like(model.bank)}, controls=False)
+    assert list(results) == ["real", "other"]
+    assert results["other"]["recon_change"] > 0

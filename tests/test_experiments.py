@@ -80,3 +80,29 @@ def test_summaries_are_means_and_sample_spreads_over_seeds():
     assert mean["image_auroc_std"] == pytest.approx(statistics.stdev([0.6, 0.7]))
     text = format_table([mean], ("method",))
     assert "0.650 +- 0.071" in text and text.splitlines()[0].startswith("method")
+
+
+def test_rows_carry_both_anomaly_maps_of_one_reconstruction(minitex_root, tmp_path):
+    row = run_cell(minitex_root, "brick", "uncond", 0, tmp_path, steps=2, **FAST)
+    assert row["score"] == "feature"
+    for metric in ("image_auroc", "pixel_auroc", "aupro", "f1_max"):
+        assert 0 <= row[f"l1_{metric}"] <= 1
+    assert row["pixel_auroc"] != row["l1_pixel_auroc"]  # two different maps
+
+
+def test_a_unified_cell_trains_once_and_is_evaluated_per_category(minitex_root, tmp_path):
+    joined = "brick+grass"
+    kw = dict(steps=2, bank_mode="retrieved", **FAST)
+    grass = run_cell(minitex_root, joined, "F", 0, tmp_path, test_category="grass", **kw)
+    folder = tmp_path / cell_name("F", joined, 0, {**FAST, "bank_mode": "retrieved", "steps": 2})
+    weights = (folder / "model.safetensors").stat().st_mtime_ns
+    brick = run_cell(minitex_root, joined, "F", 0, tmp_path, test_category="brick", **kw)
+    assert (folder / "model.safetensors").stat().st_mtime_ns == weights  # not retrained
+    assert (grass["category"], brick["category"]) == ("grass", "brick")
+    assert grass["trained_on"] == brick["trained_on"] == joined
+    assert {p.name for p in folder.glob("row*.json")} == {
+        "row_test=grass.json",
+        "row_test=brick.json",
+    }
+    with pytest.raises(ValueError, match="PatchCore"):
+        run_cell(minitex_root, "brick", "patchcore", 0, tmp_path, test_category="brick")

@@ -174,3 +174,15 @@ def test_retrieved_bank_conditions_each_image_on_its_nearest_normals_only():
     assert not torch.allclose(ctx[0], ctx[1])
     images = torch.rand(2, 3, 32, 32)
     assert model.global_features(images).shape == (2, model.extractor.dim)
+
+
+def test_the_choice_of_scorer_never_changes_the_trained_model():
+    """The scorer's random backbone is drawn from the seed under a forked RNG."""
+    a = tiny_model("F", score_mode="l1")
+    after_a = torch.rand(3)
+    b = tiny_model("F", score_mode="feature")
+    after_b = torch.rand(3)
+    assert torch.equal(after_a, after_b)  # the global RNG moved the same way
+    trained = {k: v for k, v in a.state_dict().items() if not k.startswith("scorer.")}
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in trained.items())
+    assert any(k.startswith("scorer.") for k in b.state_dict())

@@ -190,3 +190,34 @@ def test_ema_weights_are_saved_and_used_for_evaluation(minitex_root, tmp_path):
     torch.testing.assert_close(
         ema_model.vae.decoder.conv_out.weight, raw_model.vae.decoder.conv_out.weight
     )
+
+
+def test_one_unified_model_trains_on_several_categories_and_knows_its_bank(minitex_root, tmp_path):
+    from ccad_tutorial.coreset import CoarseFeatureBank
+    from ccad_tutorial.train import bank_categories
+
+    out = tmp_path / "unified"
+    train_run(
+        minitex_root, "brick+grass", out, variant="F", steps=2, progress=False,
+        bank_mode="retrieved", **FAST,
+    )  # fmt: skip
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["extra"]["train_counts"] == {"brick": 16, "grass": 16}
+    bank = CoarseFeatureBank.load(out / "bank.safetensors")
+    assert bank.source_count == 32  # one bank selected from both categories' normals
+    owners = bank_categories(out)
+    assert len(owners) == len(bank) and set(owners) <= {"brick", "grass"}
+    expected = ["brick" if int(i) < 16 else "grass" for i in bank.indices]
+    assert owners == expected
+    summary = train_run(
+        minitex_root, "brick+grass", out, variant="F", steps=3, resume=True, progress=False
+    )
+    assert summary["steps"] == 3
+    assert bank_categories(tmp_path / "unified") == owners  # resuming keeps the bank
+
+
+@pytest.mark.parametrize("bad", ["brick+brick", "brick+", "brick+nowhere"])
+def test_joined_categories_are_checked_before_anything_is_written(minitex_root, tmp_path, bad):
+    with pytest.raises(DataError, match="category|Category"):
+        train_run(minitex_root, bad, tmp_path / "run", steps=1, progress=False, **FAST)
+    assert not (tmp_path / "run").exists()

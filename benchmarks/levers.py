@@ -1,0 +1,218 @@
+"""Levers: configurations in which the global-feature condition could matter, measured.
+
+    python benchmarks/levers.py                           # the levers below, 4 categories, seeds 0 1
+    python benchmarks/levers.py --levers unified-uncond unified-F-retrieved --seeds 0
+    python benchmarks/levers.py --quick                   # smoke run
+
+Per category, one model per category sees ONE bank for its whole life: the condition is a
+constant, which the network can absorb into its weights (chapter 6's condition swap shows it
+does). A condition can only help where it tells the model something the noisy input does
+not. So the levers here change what the condition carries:
+
+* ``per-category-*``: the tiny preset's cells of ``minitex_table.py`` (the baseline).
+* ``unified-*``: ONE model for all categories (DiAD's multi-class setting), trained on their
+  pooled normals for as many optimiser steps as the per-category models together
+  (``steps`` and the stage-1 VAE's ``vae_steps`` times the number of categories: the same
+  compute), then evaluated per category with the same scorer as the per-category cells.
+  ``unified-F-retrieved`` conditions each image on the ``retrieve_k`` bank entries nearest
+  to its own global feature (``bank_mode="retrieved"``): the condition now carries which
+  category, and which normals, the image resembles. ``unified-F-shared`` gives every image
+  the whole bank (a constant again); ``unified-uncond`` has no condition.
+* ``--t-starts``: evaluated at several noise levels: the noisier the start, the less the
+  input says and the more the condition could.
+
+For the retrieved lever, the condition-swap drop is measured by retrieving from the
+entries of the OTHER categories only (``swap_<category>.json`` in the cell folder): the
+image AUROC with its own category's entries minus that. Cells are cached under ``--root``
+like every benchmark (``experiments.run_cell``). Writes ``{"levers": ...}`` to
+``benchmarks/results/levers.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from ccad_tutorial.datasets import load_split
+from ccad_tutorial.diagnostics import condition_swap
+from ccad_tutorial.experiments import (
+    METRICS,
+    QUICK_SETTINGS,
+    add_bench_arguments,
+    bench_output,
+    category_means,
+    cell_name,
+    complete,
+    format_table,
+    run_cell,
+    summarise,
+    write_result,
+)
+from ccad_tutorial.minitex import CATEGORIES, ensure_minitex
+from ccad_tutorial.presets import make_config
+from ccad_tutorial.train import bank_categories, load_run
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+# name -> (variant, unified?, training settings)
+LEVERS = {
+    "per-category-uncond": ("uncond", False, {}),
+    "per-category-F": ("F", False, {}),
+    "unified-uncond": ("uncond", True, {}),
+    "unified-F-retrieved": ("F", True, {"bank_mode": "retrieved"}),
+    "unified-F-shared": ("F", True, {}),
+    "per-category-F-retrieved": ("F", False, {"bank_mode": "retrieved"}),
+}
+DEFAULT_LEVERS = ("per-category-uncond", "per-category-F", "unified-uncond", "unified-F-retrieved")
+
+
+def unified_budget(variant: str, n_categories: int, settings: dict) -> dict:
+    """Steps and VAE steps of one unified model: the per-category budget times the categories."""
+    cfg = make_config("tiny", variant, **settings)
+    return {"steps": cfg.steps * n_categories, "vae_steps": cfg.vae_steps * n_categories}
+
+
+def lever_rows(data, lever: str, categories, seed: int, root: Path, args, quick: dict) -> list:
+    """One row per (category, t_start) of one lever and seed; None entries when not finished."""
+    variant, unified, settings = LEVERS[lever]
+    settings = {**quick, **settings}
+    rows = []
+    steps = args.quick_steps
+    if unified:
+        budget = unified_budget(variant, len(categories), settings)
+        if steps:
+            budget = {"steps": steps * len(categories), "vae_steps": settings["vae_steps"]}
+        steps, settings = budget["steps"], {**settings, "vae_steps": budget["vae_steps"]}
+    # the per-category baselines are minitex_table.py's cells: evaluated at the same checkpoints
+    checkpoints = (100, 200, 400) if not (unified or quick or settings) else ()
+    for t_start in args.t_starts:
+        eval_settings = None if t_start == make_config("tiny", variant).t_start else {
+            "t_start": t_start
+        }  # fmt: skip
+        for category in categories:
+            row = run_cell(
+                data, "+".join(categories) if unified else category, variant, seed, root, steps,
+                eval_settings=eval_settings, cached_only=args.cached_only,
+                test_category=category if unified else None, checkpoints=checkpoints,
+                **settings,
+            )  # fmt: skip
+            if row is not None:
+                rows.append({**row, "lever": lever, "t_start": t_start})
+    return rows
+
+
+def swap_rows(data, lever: str, categories, seed: int, root: Path, args, quick: dict) -> list:
+    """Condition swap of a unified retrieved cell: own category's entries vs the others'."""
+    variant, unified, settings = LEVERS[lever]
+    if not (unified and settings.get("bank_mode") == "retrieved"):
+        return []
+    settings = {**quick, **settings}
+    budget = unified_budget(variant, len(categories), settings)
+    if args.quick_steps:
+        budget = {"steps": args.quick_steps * len(categories), "vae_steps": settings["vae_steps"]}
+    settings = {**settings, "vae_steps": budget["vae_steps"]}
+    folder = root / cell_name(
+        variant, "+".join(categories), seed, {**settings, "steps": budget["steps"]}
+    )
+    if not (folder / "model.safetensors").is_file():
+        return []
+    rows = []
+    for category in categories:
+        path = folder / f"swap_{category}.json"
+        if not path.is_file():
+            if args.cached_only:
+                continue
+            model, cfg = load_run(folder, device="cpu")
+            owner = bank_categories(folder)
+            others = torch.tensor([c != category for c in owner])
+            test = load_split(data, "mvtec", category, "test", cfg.image_size)
+            result = condition_swap(
+                model, test, {"other categories": model.bank[others]}, controls=False
+            )
+            path.write_text(json.dumps(result, indent=2))
+        result = json.loads(path.read_text())
+        real, other = result["real"], result["other categories"]
+        rows.append(
+            {
+                "lever": lever,
+                "category": category,
+                "seed": seed,
+                "real_image_auroc": real["image_auroc"],
+                "swapped_image_auroc": other["image_auroc"],
+                "swap_drop": real["image_auroc"] - other["image_auroc"],
+                "recon_change": other["recon_change"],
+                "heldout_loss_real": real["heldout_loss"],
+                "heldout_loss_swapped": other["heldout_loss"],
+            }
+        )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--categories", nargs="+", default=list(CATEGORIES))
+    parser.add_argument("--levers", nargs="+", default=list(DEFAULT_LEVERS), choices=list(LEVERS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--t-starts", nargs="+", type=int, default=[400])
+    add_bench_arguments(parser)
+    args = parser.parse_args(argv)
+    quick, args.quick_steps = {}, None
+    if args.quick:
+        args.categories, args.seeds, args.quick_steps = args.categories[:2], [0], 3
+        quick = QUICK_SETTINGS
+    out = bench_output(args, "levers", RESULTS)
+    root = Path(args.root)
+    data = ensure_minitex()
+    rows, swaps, start = [], [], time.perf_counter()
+    for seed in args.seeds:
+        for lever in args.levers:
+            found = lever_rows(data, lever, args.categories, seed, root, args, quick)
+            swaps += swap_rows(data, lever, args.categories, seed, root, args, quick)
+            rows += found
+            for r in found:
+                print(
+                    f"{lever:26s} {r['category']:7s} seed {seed} t_start {r['t_start']}: "
+                    f"image {r['image_auroc']:.3f} pixel {r['pixel_auroc']:.3f}",
+                    flush=True,
+                )
+    tables = {}
+    for t_start in args.t_starts:
+        at = complete([r for r in rows if r["t_start"] == t_start], "lever", args.levers)
+        tables[t_start] = {
+            "mean": category_means(at, by="lever"),
+            "mean_l1": category_means(
+                [{**r, **{m: r[f"l1_{m}"] for m in METRICS}} for r in at], by="lever"
+            ),
+        }
+        print(f"\nt_start {t_start}: mean over categories (mean +- std over seeds), feature map")
+        print(format_table(tables[t_start]["mean"], ("lever",)))
+    swap_table = summarise(
+        swaps, by=("lever",), keys=("real_image_auroc", "swapped_image_auroc", "swap_drop",
+                                    "recon_change"),
+    )  # fmt: skip
+    if swaps:
+        print("\ncondition swap (other categories' entries), mean over categories and seeds")
+        print(format_table(swap_table, ("lever",), ("real_image_auroc", "swap_drop", "recon_change")))
+    payload = {
+        "levers": {k: {"variant": v, "unified": u, "settings": s} for k, (v, u, s) in LEVERS.items()
+                   if k in args.levers},
+        "budget": "same optimiser steps per category: a unified model trains steps x categories",
+        "seeds": args.seeds,
+        "categories": args.categories,
+        "t_starts": args.t_starts,
+        "tables": {str(k): v for k, v in tables.items()},
+        "swap": swap_table,
+        "swap_rows": swaps,
+        "rows": rows,
+        "wall_s": round(time.perf_counter() - start, 1),
+    }
+    print(f"\nwrote {write_result(out, 'levers', payload)}")
+    return payload
+
+
+if __name__ == "__main__":
+    main()
