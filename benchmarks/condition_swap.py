@@ -9,7 +9,8 @@ Each trained cell (trained first if missing) is evaluated with its own Coarse Fe
 (``zeros``) and the bank of ANOTHER category (``other``: the next category's bank of the same
 seed). Same weights and test-time noise each time, so only the condition changes
 (``ccad_tutorial.diagnostics.condition_swap``). The swap drop is real minus swapped image
-AUROC; ``recon_change`` is the mean absolute pixel change of the reconstructions. A model
+AUROC; ``recon_change`` is the mean absolute pixel change of the reconstructions. Every
+cell is scored with the benchmarks' feature map (``experiments.load_scored_run``). A model
 that uses its condition shows drops clearly larger than the seed spread of its AUROC.
 """
 
@@ -30,11 +31,11 @@ from ccad_tutorial.experiments import (
     bench_output,
     categories_of,
     cell_name,
+    load_scored_run,
     run_cell,
     write_result,
 )
 from ccad_tutorial.minitex import CATEGORIES, ensure_minitex
-from ccad_tutorial.train import load_run
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -53,7 +54,7 @@ def swap_cell(
         run_cell(data, other, variant, seed, root, steps, **settings)  # the other bank
         other_folder = root / cell_name(variant, other, seed, {**settings, **extra})
         other_bank = CoarseFeatureBank.load(other_folder / "bank.safetensors").features
-        model, cfg = load_run(folder, device="cpu")
+        model, cfg = load_scored_run(folder, data, category)
         test = load_split(data, "mvtec", category, "test", cfg.image_size)
         result = condition_swap(model, test, {"other": other_bank})
         path.write_text(json.dumps(result, indent=2))

@@ -64,9 +64,13 @@ def run_curve(
 def rescore(rows: list[dict], score: str) -> list[dict]:
     """Rows whose metrics are those of the ``score`` map (every row carries ``l1_<metric>``)."""
     if score == "feature":
-        missing = [r["cell"] if "cell" in r else r["category"] for r in rows if r.get("score") == "l1"]
+        missing = [
+            r["cell"] if "cell" in r else r["category"] for r in rows if r.get("score") == "l1"
+        ]
         if missing:
-            raise ValueError(f"rows of {sorted(set(missing))} have no feature metrics; use --score l1")
+            raise ValueError(
+                f"rows of {sorted(set(missing))} have no feature metrics; use --score l1"
+            )
         return rows
     return [{**r, **{m: r[f"l1_{m}"] for m in METRICS}} for r in rows]
 

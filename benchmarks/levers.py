@@ -48,13 +48,14 @@ from ccad_tutorial.experiments import (
     cell_name,
     complete,
     format_table,
+    load_scored_run,
     run_cell,
     summarise,
     write_result,
 )
 from ccad_tutorial.minitex import CATEGORIES, ensure_minitex
 from ccad_tutorial.presets import make_config
-from ccad_tutorial.train import bank_categories, load_run
+from ccad_tutorial.train import bank_categories
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -126,7 +127,7 @@ def swap_rows(data, lever: str, categories, seed: int, root: Path, args, quick: 
         if not path.is_file():
             if args.cached_only:
                 continue
-            model, cfg = load_run(folder, device="cpu")
+            model, cfg = load_scored_run(folder, data, category)
             owner = bank_categories(folder)
             others = torch.tensor([c != category for c in owner])
             test = load_split(data, "mvtec", category, "test", cfg.image_size)
@@ -196,10 +197,15 @@ def main(argv: list[str] | None = None) -> dict:
     )  # fmt: skip
     if swaps:
         print("\ncondition swap (other categories' entries), mean over categories and seeds")
-        print(format_table(swap_table, ("lever",), ("real_image_auroc", "swap_drop", "recon_change")))
+        print(
+            format_table(swap_table, ("lever",), ("real_image_auroc", "swap_drop", "recon_change"))
+        )
     payload = {
-        "levers": {k: {"variant": v, "unified": u, "settings": s} for k, (v, u, s) in LEVERS.items()
-                   if k in args.levers},
+        "levers": {
+            k: {"variant": v, "unified": u, "settings": s}
+            for k, (v, u, s) in LEVERS.items()
+            if k in args.levers
+        },
         "budget": "same optimiser steps per category: a unified model trains steps x categories",
         "seeds": args.seeds,
         "categories": args.categories,

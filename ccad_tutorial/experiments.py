@@ -221,6 +221,21 @@ def _ccad_row(data, category, variant, seed, folder: Path, root: Path, steps, se
     }
 
 
+def load_scored_run(folder: Path, data, category: str):
+    """(model, cfg) of a trained run whose scorer is the benchmarks' ``SCORE`` map, calibrated
+    on ``category``'s normals: the same scorer for every variant of a (category, seed), also
+    for unified runs and runs trained when another map was the default."""
+    from ccad_tutorial.datasets import load_split
+    from ccad_tutorial.model import build_scorer
+    from ccad_tutorial.train import load_run
+
+    model, cfg = load_run(folder, device="cpu")
+    if cfg.score_mode != SCORE or "+" in cfg.extra.get("train_args", {}).get("category", ""):
+        train = load_split(data, "mvtec", category, "train", cfg.image_size)
+        model.scorer = build_scorer(cfg, SCORE).calibrate(train.images).eval()
+    return model, cfg
+
+
 def _evaluate(folder: Path, data, category: str, eval_settings, noise_seed: int) -> dict:
     """Metrics of the run in ``folder`` (inference fields optionally overridden).
 
@@ -232,9 +247,8 @@ def _evaluate(folder: Path, data, category: str, eval_settings, noise_seed: int)
     from ccad_tutorial.datasets import load_split
     from ccad_tutorial.metrics import evaluate
     from ccad_tutorial.model import build_scorer
-    from ccad_tutorial.train import load_run
 
-    model, cfg = load_run(folder, device="cpu")
+    model, cfg = load_scored_run(folder, data, category)
     for key, value in (eval_settings or {}).items():
         if key not in INFERENCE_FIELDS:
             raise ValueError(
@@ -243,9 +257,6 @@ def _evaluate(folder: Path, data, category: str, eval_settings, noise_seed: int)
             )
         setattr(model.cfg, key, value)
     test = load_split(data, "mvtec", category, "test", cfg.image_size)
-    if cfg.score_mode != SCORE:  # a run trained with another default: score it as the others
-        train = load_split(data, "mvtec", category, "train", cfg.image_size)
-        model.scorer = build_scorer(cfg, SCORE).calibrate(train.images).eval()
     start = time.perf_counter()
     recons = model.reconstruct(test.images, noise_seed=noise_seed, progress=False)
     maps, scores = model.anomaly_maps(test.images, recons)
