@@ -195,7 +195,8 @@ def _ccad_row(data, category, variant, seed, folder: Path, root: Path, steps, se
     if not resume and (folder / "config.json").is_file():
         # stopped before its first checkpoint: nothing to resume; the cell folder is ours
         shutil.rmtree(folder)
-    summary = train_run(
+    summary = _finished(folder, steps) if resume else None
+    summary = summary or train_run(
         data,
         category,
         folder,
@@ -218,6 +219,24 @@ def _ccad_row(data, category, variant, seed, folder: Path, root: Path, steps, se
         "last_loss": summary["last_loss"],
         "ms_per_step": summary["ms_per_step"],
         "bank_size": len(CoarseFeatureBank.load(folder / "bank.safetensors")),
+    }
+
+
+def _finished(folder: Path, steps: int) -> dict | None:
+    """train_run's summary of a run already trained to exactly ``steps`` (None otherwise):
+    evaluating a finished cell again needs no trainer, data pass or config rewrite."""
+    from ccad_tutorial.train import load_trainer_state, read_config, read_loss_log
+
+    cfg = read_config(folder)
+    if cfg.steps != steps or int(load_trainer_state(folder)["step"]) != steps:
+        return None
+    times = cfg.extra.get("times", {})
+    log = read_loss_log(folder, steps)
+    return {
+        "steps": steps,
+        "times": times,
+        "last_loss": log[-1][1] if log else float("nan"),
+        "ms_per_step": round(1000 * times.get("train_s", 0.0) / max(1, steps), 1),
     }
 
 

@@ -1,13 +1,11 @@
 """The condition-swap diagnostic: does a trained CCAD use its bank?"""
 
 import torch
+from tiny_settings import FAST
 
 from ccad_tutorial.datasets import load_split
 from ccad_tutorial.diagnostics import condition_swap, swapped_banks
 from ccad_tutorial.train import load_run, train_run
-
-FAST = dict(image_size=32, crop_size=16, batch_size=4, vae_steps=2, block_out_channels=(16, 32, 32))
-FAST.update(norm_num_groups=8, cross_attention_dim=32, vae_block_out_channels=(16, 16, 16))
 
 
 def test_shuffled_bank_is_a_different_set_of_vectors():

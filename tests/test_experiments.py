@@ -4,6 +4,7 @@ import json
 import statistics
 
 import pytest
+from tiny_settings import FAST
 
 from ccad_tutorial.experiments import (
     category_means,
@@ -13,9 +14,6 @@ from ccad_tutorial.experiments import (
     run_cell,
     summarise,
 )
-
-FAST = dict(image_size=32, crop_size=16, batch_size=4, vae_steps=2, block_out_channels=(16, 32, 32))
-FAST.update(norm_num_groups=8, cross_attention_dim=32, vae_block_out_channels=(16, 16, 16))
 
 
 def test_cell_names_carry_every_setting_in_a_stable_order():

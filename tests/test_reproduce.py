@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_settings import FAST as TINY
 
 from ccad_tutorial import cli, reproduce
 from ccad_tutorial.datasets import DataError
@@ -22,19 +23,7 @@ from ccad_tutorial.train import train_run
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "mvtec_gpu.sh"
-FAST = dict(
-    image_size=32,
-    crop_size=16,
-    batch_size=4,
-    vae_steps=2,
-    num_queries=8,
-    checkpoint_every=2,
-    block_out_channels=(16, 32, 32),
-    norm_num_groups=8,
-    cross_attention_dim=32,
-    vae_block_out_channels=(16, 16, 16),
-    ddim_steps=2,
-)
+FAST = {**TINY, "ddim_steps": 2}
 TWO = ["brick", "grass"]
 
 

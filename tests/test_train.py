@@ -6,24 +6,12 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_settings import FAST
 
 from ccad_tutorial.datasets import DataError, load_split
 from ccad_tutorial.model import CCAD
 from ccad_tutorial.presets import make_config
 from ccad_tutorial.train import TrainingDiverged, evaluate_run, load_run, train_run
-
-FAST = dict(
-    image_size=32,
-    crop_size=16,
-    batch_size=4,
-    vae_steps=2,
-    num_queries=8,
-    checkpoint_every=2,
-    block_out_channels=(16, 32, 32),
-    norm_num_groups=8,
-    cross_attention_dim=32,
-    vae_block_out_channels=(16, 16, 16),
-)
 
 
 def run(data, out, steps=4, variant="F", **kw):
