@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-SCRIPTS = ("minitex_table", "convergence", "condition_swap", "inference_ablation", "xi_ablation")
+SCRIPTS = (
+    "minitex_table", "convergence", "condition_swap", "inference_ablation", "xi_ablation", "levers",
+)  # fmt: skip
 
 
 def load(name: str):
@@ -46,6 +48,12 @@ def test_every_benchmark_runs_quick_and_writes_its_key(tmp_path):
     assert {e["scorer"] for e in inference["scoring"]} >= {"pixel L1", "feature layers 1-3"}
     xi = payloads["xi_ablation"]
     assert {e["value"] for e in xi["table"]} == {"4", "64"}
+    levers = payloads["levers"]
+    assert {e["lever"] for e in levers["tables"]["400"]["mean"]} == set(levers["levers"])
+    assert len(list((tmp_path / "quick").glob("F_brick+grass_*"))) == 1  # one unified model
+    assert {r["category"] for r in levers["swap_rows"]} == {"brick", "grass"}
+    # the per-category levers are minitex_table's cells, not retrained
+    assert len([p for p in (tmp_path / "quick").glob("uncond_brick_*")]) == 1
 
 
 def test_steps_to_reach_interpolates_between_checkpoints():
