@@ -163,7 +163,11 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     quick, args.quick_steps = {}, None
     if args.quick:
-        args.categories, args.seeds, args.quick_steps = args.categories[:2], [0], 6  # = minitex_table --quick
+        args.categories, args.seeds, args.quick_steps = (
+            args.categories[:2],
+            [0],
+            6,
+        )  # = minitex_table --quick
         quick = QUICK_SETTINGS
     out = bench_output(args, "levers", RESULTS)
     root = Path(args.root)

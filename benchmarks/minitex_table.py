@@ -1,4 +1,4 @@
-"""The MiniTex-AD table: CCAD V, C, F, uncond and PatchCore, per category, over seeds.
+"""The MiniTex-AD table: CCAD V, C, F, uncond, PatchCore and a no-model control, over seeds.
 
     python benchmarks/minitex_table.py                    # 4 categories x 2 seeds (~1.5 h, 2 cores)
     python benchmarks/minitex_table.py --seeds 0 --methods F uncond
@@ -6,7 +6,9 @@
 
 Every cell trains at the tiny preset's default budget (``ccad_tutorial.presets.tiny``; the
 same number of optimiser steps for every variant) and is evaluated on the full test split
-with fixed test-time noise. Cells are cached under ``--root`` (``runs/bench`` by default),
+with fixed test-time noise. ``mean-normal`` is the no-model control: the "reconstruction"
+of every test image is the mean normal training image, scored by the same maps; what a
+method gains over it is what its reconstruction adds. Cells are cached under ``--root`` (``runs/bench`` by default),
 so an interrupted run continues where it stopped. Writes ``{"minitex_table": ...}`` to
 ``benchmarks/results/minitex_table.json`` (``--quick`` writes under ``--root`` instead, so
 the published file is never overwritten by a smoke run).
@@ -22,6 +24,7 @@ from pathlib import Path
 import torch
 
 from ccad_tutorial.experiments import (
+    BASELINES,
     METHODS,
     METRICS,
     QUICK_SETTINGS,
@@ -54,7 +57,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--categories", nargs="+", default=list(CATEGORIES))
     parser.add_argument(
-        "--methods", nargs="+", default=["F", "uncond", "C", "patchcore", "V"], choices=METHODS
+        "--methods",
+        nargs="+",
+        default=["F", "uncond", "C", "patchcore", "mean-normal", "V"],
+        choices=METHODS,
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     add_bench_arguments(parser)
@@ -67,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.quick:
         args.categories, args.seeds, steps = args.categories[:1], args.seeds[:1], 6
         args.checkpoints = [3]
-        args.methods = [m for m in args.methods if m in ("F", "uncond", "patchcore")]
+        args.methods = [m for m in args.methods if m in ("F", "uncond", "patchcore", "mean-normal")]
         settings = QUICK_SETTINGS
     out = bench_output(args, "minitex_table", RESULTS)
     data = ensure_minitex()
@@ -76,7 +82,7 @@ def main(argv: list[str] | None = None) -> dict:
         for category in args.categories:
             for method in args.methods:
                 extra = dict(settings)
-                if method == "patchcore":
+                if method in BASELINES:
                     extra = {"image_size": settings["image_size"]} if settings else {}
                 elif method in ("F", "uncond"):  # the learning curves of convergence.py
                     extra["checkpoints"] = args.checkpoints

@@ -26,11 +26,14 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import torch
+
 from ccad_tutorial.presets import VARIANTS, make_config
 
 METRICS = ("image_auroc", "pixel_auroc", "aupro", "f1_max")
 QUICK_SETTINGS = dict(image_size=32, crop_size=16, vae_steps=4, batch_size=4)  # --quick cells
-METHODS = VARIANTS + ("patchcore",)
+METHODS = VARIANTS + ("patchcore", "mean-normal")
+BASELINES = ("patchcore", "mean-normal")  # fitted, not trained: no steps, no checkpoints
 INFERENCE_FIELDS = ("t_start", "ddim_steps", "eta")  # read by CCAD.reconstruct at call time
 SCORE = "feature"  # the anomaly map of every row's metrics; rows also carry l1_<metric>
 
@@ -64,7 +67,9 @@ def run_cell(
 ) -> dict | None:
     """Train/fit + evaluate one cell, or read its cached row. Returns the row (a flat dict).
 
-    ``method`` is a CCAD variant (V, C, F, uncond) or ``patchcore``. ``settings`` override
+    ``method`` is a CCAD variant (V, C, F, uncond), ``patchcore``, or ``mean-normal`` (the
+    no-model control: every test image "reconstructed" as the mean normal image, scored by
+    the same maps as the CCAD rows). ``settings`` override
     CCADConfig fields for training (part of the cell's identity); ``eval_settings`` set
     the inference-only fields (t_start, ddim_steps, eta) of an already trained run.
     ``checkpoints`` (steps below the budget) also evaluates the run on its way there, once
@@ -81,8 +86,8 @@ def run_cell(
     root = Path(root)
     name = cell_name(method, category, seed, {**settings, **({"steps": steps} if steps else {})})
     folder = root / name
-    if test_category is not None and method == "patchcore":
-        raise ValueError("test_category is for unified CCAD cells; PatchCore fits one category.")
+    if test_category is not None and method in BASELINES:
+        raise ValueError(f"test_category is for unified CCAD cells; {method} fits one category.")
     row_path = folder / _row_file(eval_settings, noise_seed, test_category)
     if row_path.is_file():
         return json.loads(row_path.read_text())
@@ -120,6 +125,8 @@ def _compute_cell(
 ) -> dict:  # fmt: skip
     if method == "patchcore":
         row = _patchcore_row(data, category, seed, settings.get("image_size", 128))
+    elif method == "mean-normal":
+        row = _mean_normal_row(data, category, seed, settings.get("image_size", 128))
     else:
         final = steps or make_config("tiny", method, **settings).steps
         for step in sorted(c for c in checkpoints if c < final):
@@ -151,6 +158,41 @@ def _patchcore_row(data, category: str, seed: int, image_size: int) -> dict:
         train_s=0.0,
         infer_s_per_image=round(float(result["predict_seconds"]) / int(result["n_test"]), 4),
         n_test=int(result["n_test"]),
+    )
+    return row
+
+
+def _mean_normal_row(data, category: str, seed: int, image_size: int) -> dict:
+    """The no-model control: what the anomaly maps find when the "reconstruction" is the
+    mean of the normal training images, the same for every test image (no model at all)."""
+    from ccad_tutorial.datasets import load_split
+    from ccad_tutorial.metrics import evaluate
+    from ccad_tutorial.model import build_scorer
+
+    start = time.perf_counter()
+    cfg = make_config("tiny", "F", seed=seed, image_size=image_size)
+    train = load_split(data, "mvtec", category, "train", image_size)
+    test = load_split(data, "mvtec", category, "test", image_size)
+    scorer = build_scorer(cfg, SCORE).calibrate(train.images).eval()
+    recons = train.images.mean(0, keepdim=True).expand_as(test.images)
+    fit_s = time.perf_counter() - start
+    row, seconds = {}, {}
+    for prefix, sc in (("", scorer), ("l1_", build_scorer(cfg, "l1"))):
+        start = time.perf_counter()
+        with torch.no_grad():
+            maps = torch.cat(
+                [sc(x, r) for x, r in zip(test.images.split(16), recons.split(16), strict=True)]
+            )
+        seconds[prefix] = time.perf_counter() - start
+        result = evaluate(test.labels, sc.image_scores(maps), test.masks, maps)
+        row.update({f"{prefix}{k}": float(result[k]) for k in METRICS})
+    infer_s = seconds[""]
+    row.update(
+        score=SCORE,
+        fit_s=round(fit_s, 2),
+        train_s=0.0,
+        infer_s_per_image=round(infer_s / len(test.labels), 4),
+        n_test=len(test.labels),
     )
     return row
 

@@ -102,5 +102,13 @@ def test_a_unified_cell_trains_once_and_is_evaluated_per_category(minitex_root, 
         "row_test=grass.json",
         "row_test=brick.json",
     }
-    with pytest.raises(ValueError, match="PatchCore"):
+    with pytest.raises(ValueError, match="fits one category"):
         run_cell(minitex_root, "brick", "patchcore", 0, tmp_path, test_category="brick")
+
+
+def test_the_no_model_control_scores_the_mean_normal_image(minitex_root, tmp_path):
+    row = run_cell(minitex_root, "brick", "mean-normal", 0, tmp_path, image_size=32)
+    assert row["train_s"] == 0.0 and row["n_test"] == 14 and row["score"] == "feature"
+    assert 0 <= row["image_auroc"] <= 1 and 0 <= row["l1_image_auroc"] <= 1
+    again = run_cell(minitex_root, "brick", "mean-normal", 1, tmp_path, image_size=32)
+    assert again["pixel_auroc"] != row["pixel_auroc"]  # another seed: another random scorer
