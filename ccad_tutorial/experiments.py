@@ -284,7 +284,7 @@ def _finished(folder: Path, steps: int) -> dict | None:
 
 def load_scored_run(folder: Path, data, category: str):
     """(model, cfg) of a trained run whose scorer is the benchmarks' ``SCORE`` map, calibrated
-    on ``category``'s normals: the same scorer for every variant of a (category, seed), also
+    on ``category``'s normals: the same scorer for every method and seed of a category, also
     for unified runs and runs trained when another map was the default."""
     from ccad_tutorial.datasets import load_split
     from ccad_tutorial.model import build_scorer
@@ -301,8 +301,8 @@ def _evaluate(folder: Path, data, category: str, eval_settings, noise_seed: int)
     """Metrics of the run in ``folder`` (inference fields optionally overridden).
 
     One reconstruction of the test split, scored twice: the row's metrics come from the
-    feature map (``SCORE``, the presets' default: a ResNet-50 drawn from the run's seed and
-    calibrated on the category's normals, the same scorer for every variant of a seed), the
+    feature map (``SCORE``, the presets' default: a fixed random-init ResNet-50 calibrated on
+    the category's normals, the same scorer for every method and seed), the
     ``l1_<metric>`` keys from the pixel-L1 map of the same reconstructions.
     """
     from ccad_tutorial.datasets import load_split

@@ -88,20 +88,19 @@ def build_guidance(
 
 
 def build_scorer(cfg: CCADConfig, mode: str | None = None) -> AnomalyScorer:
-    """The run's anomaly scorer (``mode`` overrides ``cfg.score_mode``).
+    """The run's anomaly scorer (``mode`` overrides ``cfg.score_mode``); calibrate it on the
+    normals before use.
 
-    A random-init backbone is drawn from ``cfg.seed`` under a forked RNG: the scorer is the
-    same for every variant of a seed, and choosing it never changes the trained model
-    (training draws from the global RNG afterwards). Calibrate it on the normals before use.
+    A random-init backbone is drawn by ``FeatureExtractor`` from its own fixed seed, leaving
+    the global RNG untouched: like pretrained weights, it is the same network for every run
+    and seed, and choosing the scorer never changes the trained model.
     """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        return AnomalyScorer(
-            backbone=cfg.score_backbone,
-            layers=cfg.score_layers,
-            pretrained=cfg.score_pretrained,
-            mode=mode or cfg.score_mode,
-        )
+    return AnomalyScorer(
+        backbone=cfg.score_backbone,
+        layers=cfg.score_layers,
+        pretrained=cfg.score_pretrained,
+        mode=mode or cfg.score_mode,
+    )
 
 
 def image_noise(shape: torch.Size, seed: int, first_index: int) -> Tensor:

@@ -110,5 +110,4 @@ def test_the_no_model_control_scores_the_mean_normal_image(minitex_root, tmp_pat
     row = run_cell(minitex_root, "brick", "mean-normal", 0, tmp_path, image_size=32)
     assert row["train_s"] == 0.0 and row["n_test"] == 14 and row["score"] == "feature"
     assert 0 <= row["image_auroc"] <= 1 and 0 <= row["l1_image_auroc"] <= 1
-    again = run_cell(minitex_root, "brick", "mean-normal", 1, tmp_path, image_size=32)
-    assert again["pixel_auroc"] != row["pixel_auroc"]  # another seed: another random scorer
+    assert row["pixel_auroc"] != row["l1_pixel_auroc"]  # two maps of the same "reconstruction"

@@ -177,7 +177,7 @@ def test_retrieved_bank_conditions_each_image_on_its_nearest_normals_only():
 
 
 def test_the_choice_of_scorer_never_changes_the_trained_model():
-    """The scorer's random backbone is drawn from the seed under a forked RNG."""
+    """The scorer's random backbone comes from its own fixed seed: the global RNG is untouched."""
     a = tiny_model("F", score_mode="l1")
     after_a = torch.rand(3)
     b = tiny_model("F", score_mode="feature")
