@@ -160,8 +160,8 @@ def check_07_mvtec_on_a_gpu(r: dict) -> None:
         assert all(0.0 <= m[k] <= 1.0 for k in ("image_auroc", "pixel_auroc", "aupro", "f1_max"))
     for key, mean in r["mean"].items():
         assert mean == pytest.approx(sum(m[key] for m in cats.values()) / len(cats))
-    # "pixel AUROC above chance and image AUROC not far from 0.5" (150 steps, 64 px)
-    assert r["mean"]["pixel_auroc"] > 0.65 and r["mean"]["image_auroc"] < 0.75
+    # "pixel AUROC above chance and image AUROC well below the paper's 0.962" (150 steps, 64 px)
+    assert r["mean"]["pixel_auroc"] > 0.65 and r["mean"]["image_auroc"] < 0.9
     # The references next to the table: the paper's 0.962 / 0.966 and DiAD's numbers.
     ccad, diad = r["reference"]["CCAD (paper)"], r["reference"]["DiAD (multi-class)"]
     assert (ccad["image_auroc"], ccad["pixel_auroc"]) == (0.962, 0.966)
