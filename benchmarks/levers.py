@@ -91,8 +91,9 @@ def lever_rows(data, lever: str, categories, seed: int, root: Path, args, quick:
     # the per-category baselines are minitex_table.py's cells: evaluated at the same checkpoints
     checkpoints = (100, 200, 400) if not (unified or quick or settings) else ()
     for t_start in args.t_starts:
-        eval_settings = None if t_start == make_config("tiny", variant).t_start else {
-            "t_start": t_start
+        default = make_config("tiny", variant)  # the inference ablation's eval-row names
+        eval_settings = None if t_start == default.t_start else {
+            "t_start": t_start, "ddim_steps": default.ddim_steps
         }  # fmt: skip
         for category in categories:
             row = run_cell(
