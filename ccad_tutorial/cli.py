@@ -68,6 +68,9 @@ def cmd_patchcore(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from ccad_tutorial.train import train_run
 
+    if args.resume and args.set:
+        raise ValueError("--set applies to a new run; a resumed run keeps its config.json.")
+
     result = train_run(
         args.data,
         args.category,
@@ -79,9 +82,36 @@ def cmd_train(args: argparse.Namespace) -> int:
         pretrained=args.pretrained,
         resume=args.resume,
         seed=args.seed,
+        **parse_overrides(args.set),
     )
     print(json.dumps(result, indent=2, sort_keys=True, default=str))
     return 0
+
+
+def parse_overrides(pairs: list[str] | None) -> dict:
+    """``["bank_mode=retrieved", "xi=0.5", "feature_layers=[1,2]"]`` -> CCADConfig overrides.
+
+    Values are read as JSON when they parse (numbers, lists, true/false/null), else as text.
+    """
+    import dataclasses
+
+    from ccad_tutorial.presets import CCADConfig
+
+    known = {f.name for f in dataclasses.fields(CCADConfig)}
+    out = {}
+    for pair in pairs or []:
+        key, sep, text = pair.partition("=")
+        if not sep or key not in known:
+            raise ValueError(
+                f"--set {pair!r}: expected FIELD=VALUE with FIELD a CCADConfig field "
+                f"(e.g. --set bank_mode=retrieved); known fields: {', '.join(sorted(known))}."
+            )
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        out[key] = tuple(value) if isinstance(value, list) else value
+    return out
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -171,6 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder (checkpoints, logs, config)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--set", action="append", metavar="FIELD=VALUE",
+        help="override a CCADConfig field of a new run (repeatable), e.g. --set bank_mode=retrieved",
+    )  # fmt: skip
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="evaluate a trained run on a category's test split")

@@ -86,3 +86,28 @@ def test_train_on_a_missing_category_is_a_clear_error(minitex_root, tmp_path):
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert "carpet" in out.stderr
     assert not (tmp_path / "r").exists()  # nothing written
+
+
+def test_set_overrides_config_fields_as_json_or_text():
+    got = cli.parse_overrides(["bank_mode=retrieved", "xi=0.5", "feature_layers=[1, 2]"])
+    assert got == {"bank_mode": "retrieved", "xi": 0.5, "feature_layers": (1, 2)}
+    with pytest.raises(ValueError, match="CCADConfig field"):
+        cli.parse_overrides(["bankmode=retrieved"])
+    with pytest.raises(ValueError, match="FIELD=VALUE"):
+        cli.parse_overrides(["xi"])
+
+
+def test_train_with_an_unknown_set_field_writes_nothing(minitex_root, tmp_path, capsys):
+    args = [
+        "train",
+        "--data",
+        str(minitex_root),
+        "--category",
+        "brick",
+        "--out",
+        str(tmp_path / "r"),
+    ]
+    assert cli.main([*args, "--set", "bankmode=retrieved"]) == 1
+    assert "bankmode" in capsys.readouterr().err and not (tmp_path / "r").exists()
+    assert cli.main([*args, "--resume", "--set", "xi=0.5"]) == 1
+    assert "resumed run keeps" in capsys.readouterr().err
