@@ -77,19 +77,31 @@ def unified_budget(variant: str, n_categories: int, settings: dict) -> dict:
     return {"steps": cfg.steps * n_categories, "vae_steps": cfg.vae_steps * n_categories}
 
 
+def lever_cell(lever: str, n_categories: int, args, quick: dict) -> tuple[str, int | None, dict]:
+    """(variant, steps, training settings) of a lever's cells (run_cell's arguments)."""
+    variant, unified, settings = LEVERS[lever]
+    settings, steps = {**quick, **settings}, args.quick_steps
+    if unified:
+        budget = unified_budget(variant, n_categories, settings)
+        if steps:
+            budget = {"steps": steps * n_categories, "vae_steps": settings["vae_steps"]}
+        steps, settings = budget["steps"], {**settings, "vae_steps": budget["vae_steps"]}
+    return variant, steps, settings
+
+
+def unified_folder(lever: str, categories, seed: int, root: Path, args, quick: dict) -> Path:
+    """The cell folder of a unified lever's one model."""
+    variant, steps, settings = lever_cell(lever, len(categories), args, quick)
+    return root / cell_name(variant, "+".join(categories), seed, {**settings, "steps": steps})
+
+
 def lever_rows(data, lever: str, categories, seed: int, root: Path, args, quick: dict) -> list:
     """One row per (category, t_start) of one lever and seed; None entries when not finished."""
-    variant, unified, settings = LEVERS[lever]
-    settings = {**quick, **settings}
+    unified = LEVERS[lever][1]
+    variant, steps, settings = lever_cell(lever, len(categories), args, quick)
     rows = []
-    steps = args.quick_steps
-    if unified:
-        budget = unified_budget(variant, len(categories), settings)
-        if steps:
-            budget = {"steps": steps * len(categories), "vae_steps": settings["vae_steps"]}
-        steps, settings = budget["steps"], {**settings, "vae_steps": budget["vae_steps"]}
     # the per-category baselines are minitex_table.py's cells: evaluated at the same checkpoints
-    checkpoints = (100, 200, 400) if not (unified or quick or settings) else ()
+    checkpoints = (100, 200, 400) if not (unified or quick or LEVERS[lever][2]) else ()
     for t_start in args.t_starts:
         default = make_config("tiny", variant)  # the inference ablation's eval-row names
         eval_settings = None if t_start == default.t_start else {
@@ -112,14 +124,7 @@ def swap_rows(data, lever: str, categories, seed: int, root: Path, args, quick: 
     variant, unified, settings = LEVERS[lever]
     if not (unified and settings.get("bank_mode") == "retrieved"):
         return []
-    settings = {**quick, **settings}
-    budget = unified_budget(variant, len(categories), settings)
-    if args.quick_steps:
-        budget = {"steps": args.quick_steps * len(categories), "vae_steps": settings["vae_steps"]}
-    settings = {**settings, "vae_steps": budget["vae_steps"]}
-    folder = root / cell_name(
-        variant, "+".join(categories), seed, {**settings, "steps": budget["steps"]}
-    )
+    folder = unified_folder(lever, categories, seed, root, args, quick)
     if not (folder / "model.safetensors").is_file():
         return []
     rows = []
@@ -152,6 +157,45 @@ def swap_rows(data, lever: str, categories, seed: int, root: Path, args, quick: 
             }
         )
     return rows
+
+
+def example_figure(data, categories, seed: int, root: Path, args, quick: dict, path: Path):
+    """PNG: one defective test image per category, reconstructed and scored by each unified
+    model (same test-time noise). Returns the path, or None while a model is missing."""
+    from matplotlib.figure import Figure
+
+    levers = [k for k in ("unified-uncond", "unified-F-retrieved") if k in args.levers]
+    folders = {k: unified_folder(k, categories, seed, root, args, quick) for k in levers}
+    if not folders or not all((f / "model.safetensors").is_file() for f in folders.values()):
+        return None
+    cols = ["input", "ground truth"] + [f"{k}: {w}" for k in levers for w in ("recon", "map")]
+    fig = Figure(figsize=(1.9 * len(cols), 1.9 * len(categories)))
+    axes = fig.subplots(len(categories), len(cols), squeeze=False)
+    for r, category in enumerate(categories):
+        panels = []
+        for folder in folders.values():
+            model, cfg = load_scored_run(folder, data, category)
+            test = load_split(data, "mvtec", category, "test", cfg.image_size)
+            i = int(torch.nonzero(test.labels == 1).flatten()[0])
+            x = test.images[i : i + 1]
+            recon = model.reconstruct(x, noise_seed=0)
+            maps, _ = model.anomaly_maps(x, recon)
+            panels += [recon[0].permute(1, 2, 0), maps[0, 0]]
+        panels = [x[0].permute(1, 2, 0), test.masks[i, 0]] + panels
+        for c, (ax, img) in enumerate(zip(axes[r], panels, strict=True)):
+            ax.imshow(img.numpy(), cmap=None if img.dim() == 3 else "magma")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(cols[c], fontsize=8)
+            if c == 0:
+                ax.set_ylabel(category)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fig.savefig(tmp, format="png", dpi=72)
+    tmp.replace(path)
+    return path
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -221,7 +265,17 @@ def main(argv: list[str] | None = None) -> dict:
         "rows": rows,
         "wall_s": round(time.perf_counter() - start, 1),
     }
-    print(f"\nwrote {write_result(out, 'levers', payload)}")
+    figure = example_figure(
+        data,
+        args.categories,
+        args.seeds[0],
+        root,
+        args,
+        quick,
+        out.with_name("levers_examples.png"),
+    )
+    payload["examples_png"] = figure.name if figure else None
+    print(f"\nwrote {write_result(out, 'levers', payload)}" + (f" and {figure}" if figure else ""))
     return payload
 
 

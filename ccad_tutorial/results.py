@@ -53,3 +53,22 @@ def load_benchmark(name: str, download: bool = False) -> dict:
         f"`python benchmarks/{name}.py` in a clone of the repository, set CCAD_RESULTS to a "
         "folder holding it, or pass download=True to fetch the published file."
     )
+
+
+def load_result_file(filename: str, download: bool = False) -> bytes:
+    """The bytes of another published file of ``benchmarks/results/`` (e.g. a figure a
+    benchmark wrote next to its JSON, named in its payload), searched like ``load_benchmark``."""
+    if "/" in filename or "\\" in filename or filename.startswith("."):
+        raise ValueError(f"{filename!r}: a plain file name inside benchmarks/results is expected.")
+    for folder in results_dirs():
+        path = folder / filename
+        if path.is_file():
+            return path.read_bytes()
+    if download:
+        with urllib.request.urlopen(f"{RAW_URL}/{filename}", timeout=30) as response:
+            return response.read()
+    searched = ", ".join(str(d) for d in results_dirs())
+    raise FileNotFoundError(
+        f"benchmarks/results/{filename} not found (searched {searched}); pass download=True to "
+        "fetch the published file."
+    )
