@@ -65,10 +65,14 @@ LEVERS = {
     "per-category-F": ("F", False, {}),
     "unified-uncond": ("uncond", True, {}),
     "unified-F-retrieved": ("F", True, {"bank_mode": "retrieved"}),
+    "unified-F-retrieved-balanced": ("F", True, {"bank_mode": "retrieved", "balanced_bank": True}),
     "unified-F-shared": ("F", True, {}),
     "per-category-F-retrieved": ("F", False, {"bank_mode": "retrieved"}),
 }
-DEFAULT_LEVERS = ("per-category-uncond", "per-category-F", "unified-uncond", "unified-F-retrieved")
+DEFAULT_LEVERS = (
+    "per-category-uncond", "per-category-F", "unified-uncond", "unified-F-retrieved",
+    "unified-F-retrieved-balanced",
+)  # fmt: skip
 
 
 def unified_budget(variant: str, n_categories: int, settings: dict) -> dict:
@@ -122,7 +126,7 @@ def lever_rows(data, lever: str, categories, seed: int, root: Path, args, quick:
 def swap_rows(data, lever: str, categories, seed: int, root: Path, args, quick: dict) -> list:
     """Condition swap of a unified retrieved cell: own category's entries vs the others'."""
     variant, unified, settings = LEVERS[lever]
-    if not (unified and settings.get("bank_mode") == "retrieved"):
+    if not (unified and settings.get("bank_mode") == "retrieved"):  # the retrieved levers
         return []
     folder = unified_folder(lever, categories, seed, root, args, quick)
     if not (folder / "model.safetensors").is_file():
@@ -164,7 +168,7 @@ def example_figure(data, categories, seed: int, root: Path, args, quick: dict, p
     model (same test-time noise). Returns the path, or None while a model is missing."""
     from matplotlib.figure import Figure
 
-    levers = [k for k in ("unified-uncond", "unified-F-retrieved") if k in args.levers]
+    levers = [k for k in LEVERS if LEVERS[k][1] and k in args.levers and "shared" not in k]
     folders = {k: unified_folder(k, categories, seed, root, args, quick) for k in levers}
     if not folders or not all((f / "model.safetensors").is_file() for f in folders.values()):
         return None

@@ -41,6 +41,9 @@ class CCADConfig:
     min_bank: int = 8  # never fewer bank tokens than this
     bank_mode: str = "shared"  # our reading: "shared" = every image sees the whole bank (paper)
     retrieve_k: int = 3  # bank_mode="retrieved": how many nearest bank entries condition an image
+    # our reading, multi-category runs only: one coreset per category (each keeps xi of its
+    # own features) instead of one over the pooled features, which starves tight categories
+    balanced_bank: bool = False
     # --- Fine Compression Module (variant F) ---
     num_queries: int = 64  # K, the FCM's learnable query tokens (our reading)
     fcm_heads: int = 4

@@ -49,10 +49,12 @@ class TrainingDiverged(ValueError):
 
 # ---------------------------------------------------------------------- the bank and the VAE
 def build_bank(
-    train_images: torch.Tensor, cfg: CCADConfig
+    train_images: torch.Tensor, cfg: CCADConfig, groups: list[int] | None = None
 ) -> tuple[CoarseFeatureBank, FeatureExtractor]:
     """CFB from training normals (N, 3, H, W): frozen features, then the greedy coreset.
 
+    ``groups`` (image counts per category, in order) with ``cfg.balanced_bank``: one coreset
+    per category, concatenated (indices still count in the pooled images' features).
     Returns the bank and the (calibrated) extractor that produced it.
     """
     extractor = FeatureExtractor(
@@ -64,9 +66,27 @@ def build_bank(
     if not cfg.pretrained_backbone:  # random init: re-estimate BatchNorm statistics
         extractor.calibrate(train_images)
     feats = extractor.extract(train_images)  # (N, D) or (N, D, h, w)
+    per_image = feats[0, 0].numel() if feats.dim() == 4 else 1  # bank points per image
     if feats.dim() == 4:  # pool="patch": every position is a point of the bank
         feats = feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1])
-    bank = CoarseFeatureBank.build(feats, ratio=cfg.xi, min_size=cfg.min_bank, seed=cfg.seed)
+    if not (cfg.balanced_bank and groups and len(groups) > 1):
+        bank = CoarseFeatureBank.build(feats, ratio=cfg.xi, min_size=cfg.min_bank, seed=cfg.seed)
+        return bank, extractor
+    parts, start = [], 0
+    for count in groups:
+        stop = start + count * per_image
+        part = CoarseFeatureBank.build(
+            feats[start:stop], ratio=cfg.xi, min_size=cfg.min_bank, seed=cfg.seed
+        )
+        parts.append((part, start))
+        start = stop
+    bank = CoarseFeatureBank(
+        torch.cat([p.features for p, _ in parts]),
+        torch.cat([p.indices + offset for p, offset in parts]),
+        sum(len(p) for p, _ in parts) / len(feats),
+        max(p.radius for p, _ in parts),
+        len(feats),
+    )
     return bank, extractor
 
 
@@ -465,7 +485,8 @@ def _new_model(
     """Bank (training images only), stage-1 VAE if needed, the CCAD model; writes the run files."""
     torch.manual_seed(cfg.seed)
     t0 = time.perf_counter()
-    bank, extractor = build_bank(images, cfg)
+    groups = list(cfg.extra.get("train_counts", {}).values()) or None
+    bank, extractor = build_bank(images, cfg, groups)
     bank.save(out / "bank.safetensors")
     times["bank_s"] = round(time.perf_counter() - t0, 2)
     if pretrained is not None:

@@ -180,6 +180,9 @@ def check_08_evaluation_and_ablations(r: dict) -> None:
     # the verdict printed is the one the numbers give
     assert r["verdict_helps"] == (r["gain_f_over_uncond"] > r["seed_spread"])
     assert r["verdict_uses_bank"] == (r["swap_max_abs_drop"] > r["seed_spread"])
+    # the levers' verdicts too
+    assert r["lever_helps"] == (r["lever_gain_retrieved"] > r["lever_seed_spread"])
+    assert r["lever_uses_retrieved"] == (r["lever_swap_drop"] > r["lever_swap_spread"])
 
 
 CHECKS = {name[len("check_") :]: fn for name, fn in globals().items() if name.startswith("check_")}

@@ -209,3 +209,16 @@ def test_joined_categories_are_checked_before_anything_is_written(minitex_root, 
     with pytest.raises(DataError, match="category|Category"):
         train_run(minitex_root, bad, tmp_path / "run", steps=1, progress=False, **FAST)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_balanced_bank_keeps_every_category_of_a_unified_run(minitex_root, tmp_path):
+    from collections import Counter
+
+    from ccad_tutorial.train import bank_categories
+
+    out = tmp_path / "balanced"
+    train_run(
+        minitex_root, "brick+grass", out, variant="C", steps=1, progress=False,
+        balanced_bank=True, xi=0.5, **FAST,
+    )  # fmt: skip
+    assert Counter(bank_categories(out)) == {"brick": 8, "grass": 8}  # xi of each category's 16
