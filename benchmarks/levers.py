@@ -253,6 +253,15 @@ def main(argv: list[str] | None = None) -> dict:
         print(
             format_table(swap_table, ("lever",), ("real_image_auroc", "swap_drop", "recon_change"))
         )
+    bank_counts = {}  # how many bank entries each category got, per unified lever and seed
+    for lever in args.levers:
+        if LEVERS[lever][1] and LEVERS[lever][0] != "uncond":
+            for seed in args.seeds:
+                folder = unified_folder(lever, args.categories, seed, root, args, quick)
+                if (folder / "bank.safetensors").is_file():
+                    owners = bank_categories(folder)
+                    counts = {c: owners.count(c) for c in args.categories}
+                    bank_counts.setdefault(lever, {})[str(seed)] = counts
     payload = {
         "levers": {
             k: {"variant": v, "unified": u, "settings": s}
@@ -266,6 +275,7 @@ def main(argv: list[str] | None = None) -> dict:
         "tables": {str(k): v for k, v in tables.items()},
         "swap": swap_table,
         "swap_rows": swaps,
+        "bank_counts": bank_counts,
         "rows": rows,
         "wall_s": round(time.perf_counter() - start, 1),
     }
