@@ -32,7 +32,7 @@ def test_every_benchmark_runs_quick_and_writes_its_key(tmp_path):
         assert list(written) == [name]
     table = payloads["minitex_table"]
     methods = {row["method"] for row in table["rows"]}
-    assert methods == {"F", "uncond", "patchcore"}
+    assert methods == {"F", "uncond", "patchcore", "mean-normal"}
     assert all(0 <= row["image_auroc"] <= 1 for row in table["rows"])
     conv = payloads["convergence"]
     assert [s for s, _ in conv["curves"]["F"]["image_auroc"]] == [3, 6]
