@@ -172,7 +172,11 @@ def example_figure(data, categories, seed: int, root: Path, args, quick: dict, p
     folders = {k: unified_folder(k, categories, seed, root, args, quick) for k in levers}
     if not folders or not all((f / "model.safetensors").is_file() for f in folders.values()):
         return None
-    cols = ["input", "ground truth"] + [f"{k}: {w}" for k in levers for w in ("recon", "map")]
+    short = {"unified-uncond": "uncond", "unified-F-retrieved": "retrieved"}
+    short["unified-F-retrieved-balanced"] = "balanced"
+    cols = ["input", "ground truth"] + [
+        f"{short[k]}: {w}" for k in levers for w in ("recon", "map")
+    ]
     fig = Figure(figsize=(1.9 * len(cols), 1.9 * len(categories)))
     axes = fig.subplots(len(categories), len(cols), squeeze=False)
     for r, category in enumerate(categories):
@@ -198,6 +202,9 @@ def example_figure(data, categories, seed: int, root: Path, args, quick: dict, p
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     fig.savefig(tmp, format="png", dpi=72)
+    from PIL import Image  # 256 colours: a third of the bytes, no visible change at this size
+
+    Image.open(tmp).convert("RGB").quantize(256).save(tmp, format="png", optimize=True)
     tmp.replace(path)
     return path
 
