@@ -166,7 +166,6 @@ def _mean_normal_row(data, category: str, seed: int, image_size: int) -> dict:
     """The no-model control: what the anomaly maps find when the "reconstruction" is the
     mean of the normal training images, the same for every test image (no model at all)."""
     from ccad_tutorial.datasets import load_split
-    from ccad_tutorial.metrics import evaluate
     from ccad_tutorial.model import build_scorer
 
     start = time.perf_counter()
@@ -176,17 +175,10 @@ def _mean_normal_row(data, category: str, seed: int, image_size: int) -> dict:
     scorer = build_scorer(cfg, SCORE).calibrate(train.images).eval()
     recons = train.images.mean(0, keepdim=True).expand_as(test.images)
     fit_s = time.perf_counter() - start
-    row, seconds = {}, {}
-    for prefix, sc in (("", scorer), ("l1_", build_scorer(cfg, "l1"))):
-        start = time.perf_counter()
-        with torch.no_grad():
-            maps = torch.cat(
-                [sc(x, r) for x, r in zip(test.images.split(16), recons.split(16), strict=True)]
-            )
-        seconds[prefix] = time.perf_counter() - start
-        result = evaluate(test.labels, sc.image_scores(maps), test.masks, maps)
-        row.update({f"{prefix}{k}": float(result[k]) for k in METRICS})
-    infer_s = seconds[""]
+    start = time.perf_counter()
+    row = _map_metrics(scorer, test, recons)
+    infer_s = time.perf_counter() - start
+    row.update(_map_metrics(build_scorer(cfg, "l1"), test, recons, prefix="l1_"))
     row.update(
         score=SCORE,
         fit_s=round(fit_s, 2),
@@ -195,6 +187,18 @@ def _mean_normal_row(data, category: str, seed: int, image_size: int) -> dict:
         n_test=len(test.labels),
     )
     return row
+
+
+@torch.no_grad()
+def _map_metrics(scorer, test, recons, prefix: str = "") -> dict:
+    """``{prefix + metric: value}`` of one scorer's maps of ``recons`` against ``test``."""
+    from ccad_tutorial.metrics import evaluate
+
+    maps = torch.cat(
+        [scorer(x, r) for x, r in zip(test.images.split(16), recons.split(16), strict=True)]
+    )
+    result = evaluate(test.labels, scorer.image_scores(maps), test.masks, maps)
+    return {f"{prefix}{k}": float(result[k]) for k in METRICS}
 
 
 def _checkpoint_row(data, category, variant, seed, folder: Path, root: Path, step, settings):
@@ -306,7 +310,6 @@ def _evaluate(folder: Path, data, category: str, eval_settings, noise_seed: int)
     ``l1_<metric>`` keys from the pixel-L1 map of the same reconstructions.
     """
     from ccad_tutorial.datasets import load_split
-    from ccad_tutorial.metrics import evaluate
     from ccad_tutorial.model import build_scorer
 
     model, cfg = load_scored_run(folder, data, category)
@@ -320,15 +323,11 @@ def _evaluate(folder: Path, data, category: str, eval_settings, noise_seed: int)
     test = load_split(data, "mvtec", category, "test", cfg.image_size)
     start = time.perf_counter()
     recons = model.reconstruct(test.images, noise_seed=noise_seed, progress=False)
-    maps, scores = model.anomaly_maps(test.images, recons)
+    row = _map_metrics(model.scorer, test, recons)
     infer_s = time.perf_counter() - start
-    result = evaluate(test.labels, scores, test.masks, maps)
-    l1 = build_scorer(cfg, "l1")
-    l1_maps = l1(test.images, recons)
-    l1_result = evaluate(test.labels, l1.image_scores(l1_maps), test.masks, l1_maps)
     return {
-        **{k: float(result[k]) for k in METRICS},
-        **{f"l1_{k}": float(l1_result[k]) for k in METRICS},
+        **row,
+        **_map_metrics(build_scorer(cfg, "l1"), test, recons, prefix="l1_"),
         "score": SCORE,
         "infer_s_per_image": round(infer_s / len(test.labels), 4),
         "n_test": len(test.labels),

@@ -17,13 +17,18 @@ def test_shuffled_bank_is_a_different_set_of_vectors():
     assert banks["zeros"].abs().sum() == 0
 
 
-def test_condition_swap_reports_every_bank_and_sees_the_change(minitex_root, tmp_path):
+def trained_c(minitex_root, tmp_path, steps: int):
+    """A tiny C model trained for ``steps`` on brick, and brick's test split."""
     train_run(
-        minitex_root, "brick", tmp_path / "run", variant="C", steps=2, progress=False,
+        minitex_root, "brick", tmp_path / "run", variant="C", steps=steps, progress=False,
         ddim_steps=2, **FAST,
     )  # fmt: skip
-    model, cfg = load_run(tmp_path / "run")
-    test = load_split(minitex_root, "mvtec", "brick", "test", image_size=32)
+    model, _ = load_run(tmp_path / "run")
+    return model, load_split(minitex_root, "mvtec", "brick", "test", image_size=32)
+
+
+def test_condition_swap_reports_every_bank_and_sees_the_change(minitex_root, tmp_path):
+    model, test = trained_c(minitex_root, tmp_path, steps=2)
     keep = torch.cat([torch.nonzero(test.labels == 0)[:3], torch.nonzero(test.labels == 1)[:3]])
     keep = keep.flatten().tolist()
     test.images, test.masks, test.labels = test.images[keep], test.masks[keep], test.labels[keep]
@@ -39,12 +44,7 @@ def test_condition_swap_reports_every_bank_and_sees_the_change(minitex_root, tmp
 
 
 def test_condition_swap_without_controls_evaluates_only_the_banks_asked_for(minitex_root, tmp_path):
-    train_run(
-        minitex_root, "brick", tmp_path / "run", variant="C", steps=1, progress=False,
-        ddim_steps=2, **FAST,
-    )  # fmt: skip
-    model, cfg = load_run(tmp_path / "run")
-    test = load_split(minitex_root, "mvtec", "brick", "test", image_size=32)
+    model, test = trained_c(minitex_root, tmp_path, steps=1)
     results = condition_swap(model, test, {"other": torch.randn_like(model.bank)}, controls=False)
     assert list(results) == ["real", "other"]
     assert results["other"]["recon_change"] > 0
