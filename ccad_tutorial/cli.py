@@ -88,23 +88,28 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def parse_overrides(pairs: list[str] | None) -> dict:
+def parse_overrides(pairs: list[str] | None, inference_only: bool = False) -> dict:
     """``["bank_mode=retrieved", "xi=0.5", "feature_layers=[1,2]"]`` -> CCADConfig overrides.
 
     Values are read as JSON when they parse (numbers, lists, true/false/null), else as text.
+    ``inference_only``: only the fields read at inference (``presets.INFERENCE_FIELDS``).
     """
     import dataclasses
 
-    from ccad_tutorial.presets import CCADConfig
+    from ccad_tutorial.presets import INFERENCE_FIELDS, CCADConfig
 
     known = {f.name for f in dataclasses.fields(CCADConfig)}
+    if inference_only:
+        known = set(INFERENCE_FIELDS)
+    what = "an inference field" if inference_only else "a CCADConfig field"
+    example = "guidance_scale=2" if inference_only else "bank_mode=retrieved"
     out = {}
     for pair in pairs or []:
         key, sep, text = pair.partition("=")
         if not sep or key not in known:
             raise ValueError(
-                f"--set {pair!r}: expected FIELD=VALUE with FIELD a CCADConfig field "
-                f"(e.g. --set bank_mode=retrieved); known fields: {', '.join(sorted(known))}."
+                f"--set {pair!r}: expected FIELD=VALUE with FIELD {what} "
+                f"(e.g. --set {example}); known fields: {', '.join(sorted(known))}."
             )
         try:
             value = json.loads(text)
@@ -125,7 +130,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         json_out=None,
         grid_png=args.grid,
         noise_seed=args.noise_seed,
+        **parse_overrides(args.set, inference_only=True),
     )
+    _write_json(result, args.json)
+    return 0
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from ccad_tutorial.diagnostics import probe_run
+
+    inference = parse_overrides(args.set, inference_only=True)
+    result = probe_run(args.run, args.data, args.layout, args.n, args.seed, **inference)
     _write_json(result, args.json)
     return 0
 
@@ -213,7 +228,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="write the metrics to this JSON file")
     p.add_argument("--grid", default=None, help="write a PNG grid of examples here")
     p.add_argument("--noise-seed", type=int, default=0)
+    p.add_argument(
+        "--set", action="append", metavar="FIELD=VALUE",
+        help="override an inference field of the run (repeatable), e.g. --set guidance_scale=2",
+    )  # fmt: skip
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "probe", help="positive control: generate with each category's bank, name the category"
+    )
+    p.add_argument("--run", required=True, help="run folder written by `train`")
+    p.add_argument("--data", required=True, help="root folder of the data set")
+    p.add_argument("--layout", default="mvtec", choices=LAYOUT_CHOICES)
+    p.add_argument("--n", type=int, default=8, help="samples per bank")
+    p.add_argument("--seed", type=int, default=0, help="noise seed of the samples")
+    p.add_argument(
+        "--set", action="append", metavar="FIELD=VALUE",
+        help="override an inference field for the probe, e.g. --set guidance_scale=4",
+    )  # fmt: skip
+    p.add_argument("--json", default=None, help="write the result to this JSON file")
+    p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser("download-mvtec", help="download MVTec-AD (CC BY-NC-SA 4.0)")
     p.add_argument("--out", required=True, help="folder to extract into")

@@ -1,4 +1,4 @@
-"""Does the model use its condition? The condition-swap diagnostic.
+"""Does the model use its condition? The condition swap, the positive control, the colour trace.
 
 A conditioned model that ignores its condition behaves the same whatever bank it is given.
 So we evaluate one trained CCAD several times, each time with a different bank:
@@ -14,6 +14,11 @@ For each we report the test metrics, the held-out denoising loss on the test spl
 normal images (fixed timesteps and noise, so only the bank changes), and how far the
 reconstructions move from those with the real bank. If nothing changes, the condition is
 ignored.
+
+The positive control (``conditional_generation``) asks the question where the answer is
+known: generated from pure noise, a sample can only be of the right category if the model
+read the bank. ``colour_trace`` and ``latent_statistics`` follow an image's colours through
+the reconstruction path (VAE, one-step x0 estimate, DDIM), stage by stage.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ccad_tutorial.model import CCAD
+from ccad_tutorial.model import CCAD, image_noise
 
 
 def swapped_banks(bank: Tensor, seed: int = 0) -> dict[str, Tensor]:
@@ -68,7 +73,7 @@ def condition_swap(
     from ccad_tutorial.metrics import evaluate
 
     banks = {
-        "real": model.bank,
+        "real": None,  # the run's own condition, chosen as in training (bank mode and all)
         **(swapped_banks(model.bank.cpu(), noise_seed) if controls else {}),
         **(alternative_banks or {}),
     }
@@ -88,3 +93,221 @@ def condition_swap(
         metrics["recon_change"] = float((recons - reference).abs().mean())
         results[name] = metrics
     return results
+
+
+# ---------------------------------------------------------------------- colours through the pipeline
+def mean_colour(images: Tensor) -> Tensor:
+    """(N, 3, H, W) in [0, 1] -> (N, 3): each image's mean RGB."""
+    return images.float().mean((2, 3))
+
+
+def colour_error(images: Tensor, recons: Tensor) -> float:
+    """How far reconstructions drift in colour: per image, the largest channel difference of
+    the mean RGB of input and reconstruction ([0, 1] scale), averaged over the images."""
+    return float((mean_colour(images) - mean_colour(recons)).abs().amax(1).mean())
+
+
+@torch.no_grad()
+def colour_trace(
+    model: CCAD, images: Tensor, timesteps=(100, 400, 700), noise_seed: int = 0
+) -> dict[str, float]:
+    """The colour error (``colour_error``) of each stage of the reconstruction path.
+
+    ``vae``: encode + decode only; ``x0@<t>``: the UNet's one-step estimate of x0 from x_t
+    (noise drawn as in ``reconstruct``); ``ddim``: the reconstruction itself, with the run's
+    settings; ``ddim_clip`` and ``ddim_noclip``: the same with DDIM's x0 estimate clipped
+    to [-1, 1] at every step, or not (``cfg.clip_sample``). The stage where the error
+    jumps is where the colours are lost.
+    """
+    device = model.bank.device
+    x = images.to(device)
+    x0 = model.encode(x)
+    out = {"vae": colour_error(images, model.decode(x0).cpu())}
+    ctx = model.context(len(x), None, model.global_features(x))
+    noise = image_noise(x0.shape, noise_seed, 0).to(x0)
+    alphas = model.noise_scheduler.alphas_cumprod.to(device)
+    for t in timesteps:
+        tt = torch.full((len(x),), t, device=device, dtype=torch.long)
+        x_t = model.noise_scheduler.add_noise(x0, noise, tt)
+        eps = model.guided_noise(x_t, tt, ctx, x)
+        a = alphas[t]
+        estimate = (x_t - (1 - a).sqrt() * eps) / a.sqrt()
+        out[f"x0@{t}"] = colour_error(images, model.decode(estimate).cpu())
+    saved = model.cfg.clip_sample
+    try:
+        out["ddim"] = colour_error(images, model.reconstruct(images, noise_seed=noise_seed))
+        for name, clip in (("ddim_clip", True), ("ddim_noclip", False)):
+            model.cfg.clip_sample = clip
+            out[name] = colour_error(images, model.reconstruct(images, noise_seed=noise_seed))
+    finally:
+        model.cfg.clip_sample = saved
+    return out
+
+
+@torch.no_grad()
+def latent_statistics(model: CCAD, images: Tensor) -> dict[str, list[float] | float]:
+    """Per-channel mean and std of the scaled latents x0 of images (N, 3, H, W), and the
+    fraction of latent values outside [-1, 1] (what DDIM's clip_sample would cut off)."""
+    x0 = torch.cat([model.encode(x.to(model.bank.device)).cpu() for x in images.split(16)])
+    return {
+        "mean": x0.mean((0, 2, 3)).tolist(),
+        "std": x0.std((0, 2, 3)).tolist(),
+        "outside_unit": float((x0.abs() > 1).float().mean()),
+        "scaling_factor": model.scaling_factor,
+    }
+
+
+# ---------------------------------------------------------------------- the positive control
+class NearestCategory:
+    """Names the category of an image: that of its nearest normal in global-feature space.
+
+    The features are the bank's own: the run's backbone and layers, global pooling, and (for
+    random-init backbones) BatchNorm statistics re-estimated on all the normals given, as
+    ``train.build_bank`` does for a run trained on them.
+
+    Args:
+        cfg: the run's CCADConfig (backbone, feature_layers, pretrained_backbone).
+        normals: {category: (N_c, 3, H, W) normal training images}.
+    """
+
+    def __init__(self, cfg, normals: dict[str, Tensor]) -> None:
+        from ccad_tutorial.features import FeatureExtractor
+
+        self.names = list(normals)
+        pooled = torch.cat(list(normals.values()))
+        self.extractor = FeatureExtractor(
+            cfg.backbone, cfg.feature_layers, pool="image", pretrained=cfg.pretrained_backbone
+        )
+        if not cfg.pretrained_backbone:
+            self.extractor.calibrate(pooled)
+        self.features = self.extractor.extract(pooled)  # (N, D)
+        counts = torch.tensor([len(v) for v in normals.values()])
+        self.labels = torch.repeat_interleave(torch.arange(len(counts)), counts)
+
+    @torch.no_grad()
+    def __call__(self, images: Tensor) -> Tensor:
+        """(B, 3, H, W) -> (B,) long: indices into ``names``."""
+        query = self.extractor.extract(images.to(self.extractor.device))
+        return self.labels[torch.cdist(query, self.features).argmin(1).cpu()]
+
+
+@torch.no_grad()
+def conditional_generation(
+    model: CCAD,
+    banks: dict[str, Tensor],
+    n_per_bank: int = 8,
+    seed: int = 0,
+    classifier: NearestCategory | None = None,
+    steps: int = 25,
+) -> dict:
+    """Generate from pure noise with each category's bank as the condition, and name what
+    came out: does the model read its condition?
+
+    banks: {category: (M, D) bank}; classifier: ``NearestCategory`` over the same
+    categories (in the same order as ``banks``). Every bank gets the SAME n_per_bank noise
+    draws, so only the condition differs between the rows. Returns
+    {"categories", "confusion" (rows: bank given, columns: category named), "accuracy",
+    "chance", "swap", "samples" ({category: (n, 3, H, W)})}. ``swap["moved"]`` is the
+    fraction of (noise draw, bank A, bank B) triples where the sample is named A under A's
+    bank and B under B's: the generated category follows the bank. An unconditioned model
+    draws the same image under every bank, so its accuracy sits at chance by construction.
+    """
+    if classifier is None:
+        raise ValueError("conditional_generation needs classifier=NearestCategory(cfg, normals).")
+    names = list(banks)
+    if names != classifier.names:
+        raise ValueError(f"banks {names} and classifier {classifier.names} name other categories.")
+    samples = {c: model.generate(bank, n_per_bank, seed, steps) for c, bank in banks.items()}
+    named = torch.stack([classifier(samples[c]) for c in names])  # (K, n)
+    k = len(names)
+    confusion = torch.zeros(k, k, dtype=torch.long)
+    for row in range(k):
+        confusion[row] += torch.bincount(named[row], minlength=k)
+    hits = named == torch.arange(k)[:, None]  # (K, n): sample named after its bank
+    pairs = [(a, b) for a in range(k) for b in range(k) if a != b]
+    moved = {f"{names[a]}->{names[b]}": float((hits[a] & hits[b]).float().mean()) for a, b in pairs}
+    return {
+        "categories": names,
+        "confusion": confusion.tolist(),
+        "accuracy": float(hits.float().mean()),
+        "chance": 1.0 / k,
+        "swap": {"moved": sum(moved.values()) / max(1, len(moved)), "pairs": moved},
+        "samples": samples,
+    }
+
+
+@torch.no_grad()
+def category_error(model: CCAD, images: dict[str, Tensor]) -> float | None:
+    """bank_mode="category": how often the category chosen at test time (the category of the
+    bank entry nearest to the input's global feature) is not the image's own.
+
+    images: {category: (N, 3, H, W)}, the categories in the order of the run's training
+    (``cfg.extra["train_counts"]``). None when the model has no global features to choose by.
+    """
+    if model.extractor is None:
+        return None
+    wrong, total = 0, 0
+    for index, batch in enumerate(images.values()):
+        for chunk in batch.split(32):
+            chosen = model.assign_category(model.global_features(chunk.to(model.bank.device)))
+            wrong += int((chosen.cpu() != index).sum())
+            total += len(chunk)
+    return wrong / max(1, total)
+
+
+def probe_run(
+    run, data, layout: str = "mvtec", n_per_bank: int = 8, seed: int = 0, **inference
+) -> dict:
+    """``ccad-tutorial probe``: the positive control on a trained run.
+
+    A unified run is probed with its own bank, split by category (``train.entry_labels``);
+    a per-category run with a bank of every category of ``data`` built by its own extractor
+    (calibrated on its training images, as its bank was): it has only ever seen its own, so
+    it should draw its own category whatever it is given. Returns {"generation_accuracy",
+    "chance", "confusion", "categories", "swap", "category_error" (bank_mode="category"
+    and "retrieved" runs: how often the test images' category is chosen wrongly),
+    "classifier_accuracy" (the nearest-category classifier on real test normals)}.
+    ``inference`` sets fields read at inference (e.g. guidance_scale=4) for this probe.
+    """
+    from ccad_tutorial.coreset import CoarseFeatureBank
+    from ccad_tutorial.datasets import list_categories, load_split
+    from ccad_tutorial.train import build_bank, load_run, set_inference_fields
+
+    model, cfg = load_run(run)
+    set_inference_fields(cfg, inference)
+    counts = cfg.extra.get("train_counts")
+    names = list(counts) if counts else list_categories(data, layout)
+    normals = {c: load_split(data, layout, c, "train", cfg.image_size).images for c in names}
+    if counts:
+        banks = {c: model.bank[model.bank_labels == i].cpu() for i, c in enumerate(names)}
+    else:
+        own = cfg.extra["train_args"]["category"]
+        _, extractor = build_bank(normals[own], cfg)  # the run's extractor, recalibrated alike
+        banks = {
+            c: model.bank.cpu()
+            if c == own
+            else CoarseFeatureBank.build(
+                extractor.extract(normals[c]), ratio=cfg.xi, min_size=cfg.min_bank, seed=cfg.seed
+            ).features
+            for c in names
+        }
+    classifier = NearestCategory(cfg, normals)
+    result = conditional_generation(model, banks, n_per_bank, seed, classifier)
+    good = {}
+    for c in names:
+        test = load_split(data, layout, c, "test", cfg.image_size)
+        good[c] = test.images[test.labels == 0]
+    truth = torch.cat([torch.full((len(v),), i) for i, v in enumerate(good.values())])
+    named = torch.cat([classifier(v) for v in good.values()])
+    return {
+        "run": str(run),
+        "generation_accuracy": result["accuracy"],
+        "chance": result["chance"],
+        "confusion": result["confusion"],
+        "categories": names,
+        "swap": result["swap"],
+        "category_error": category_error(model, good) if counts else None,
+        "classifier_accuracy": float((named == truth).float().mean()),
+        "guidance_scale": cfg.guidance_scale,
+        "n_per_bank": n_per_bank,
+    }

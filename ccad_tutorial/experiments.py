@@ -34,7 +34,6 @@ METRICS = ("image_auroc", "pixel_auroc", "aupro", "f1_max")
 QUICK_SETTINGS = dict(image_size=32, crop_size=16, vae_steps=4, batch_size=4)  # --quick cells
 METHODS = VARIANTS + ("patchcore", "mean-normal")
 BASELINES = ("patchcore", "mean-normal")  # fitted, not trained: no steps, no checkpoints
-INFERENCE_FIELDS = ("t_start", "ddim_steps", "eta")  # read by CCAD.reconstruct at call time
 SCORE = "feature"  # the anomaly map of every row's metrics; rows also carry l1_<metric>
 
 
@@ -191,14 +190,20 @@ def _mean_normal_row(data, category: str, seed: int, image_size: int) -> dict:
 
 @torch.no_grad()
 def _map_metrics(scorer, test, recons, prefix: str = "") -> dict:
-    """``{prefix + metric: value}`` of one scorer's maps of ``recons`` against ``test``."""
-    from ccad_tutorial.metrics import evaluate
+    """``{prefix + metric: value}`` of one scorer's maps of ``recons`` against ``test``, with
+    ``{prefix}per_defect``: image and pixel AUROC per defect type (``metrics.per_defect_type``)."""
+    from ccad_tutorial.metrics import evaluate, per_defect_type
 
     maps = torch.cat(
         [scorer(x, r) for x, r in zip(test.images.split(16), recons.split(16), strict=True)]
     )
-    result = evaluate(test.labels, scorer.image_scores(maps), test.masks, maps)
-    return {f"{prefix}{k}": float(result[k]) for k in METRICS}
+    scores = scorer.image_scores(maps)
+    result = evaluate(test.labels, scores, test.masks, maps)
+    row = {f"{prefix}{k}": float(result[k]) for k in METRICS}
+    row[f"{prefix}per_defect"] = per_defect_type(
+        test.labels, scores, test.defect_types, test.masks, maps
+    )
+    return row
 
 
 def _checkpoint_row(data, category, variant, seed, folder: Path, root: Path, step, settings):
@@ -311,15 +316,10 @@ def _evaluate(folder: Path, data, category: str, eval_settings, noise_seed: int)
     """
     from ccad_tutorial.datasets import load_split
     from ccad_tutorial.model import build_scorer
+    from ccad_tutorial.train import set_inference_fields
 
     model, cfg = load_scored_run(folder, data, category)
-    for key, value in (eval_settings or {}).items():
-        if key not in INFERENCE_FIELDS:
-            raise ValueError(
-                f"eval_settings may set {INFERENCE_FIELDS} (read at inference), not {key!r}; "
-                "a training field belongs in the cell's settings."
-            )
-        setattr(model.cfg, key, value)
+    set_inference_fields(model.cfg, eval_settings or {})
     test = load_split(data, "mvtec", category, "test", cfg.image_size)
     start = time.perf_counter()
     recons = model.reconstruct(test.images, noise_seed=noise_seed, progress=False)

@@ -308,3 +308,31 @@ def evaluate(
     out["pixel_f1_max"] = f1_max(y, s)
     out["aupro"] = aupro(m, a)
     return out
+
+
+def per_defect_type(
+    labels: Any, image_scores: Any, defect_types: list[str], masks: Any = None, maps: Any = None
+) -> dict[str, dict[str, float]]:
+    """Image (and pixel) AUROC of each defect type against the normal images.
+
+    For every type other than ``"good"``: the normal test images plus that type's images,
+    scored as ``evaluate`` would (pixel AUROC pooled over those images). A detector blind to
+    one kind of anomaly shows it here, however well the mean over types reads.
+    Returns {defect type: {"image_auroc", "pixel_auroc" (with masks and maps), "n"}}.
+    """
+    y = _to_numpy(labels, "labels").reshape(-1)
+    s = _to_numpy(image_scores, "image_scores").reshape(-1)
+    types = np.asarray(defect_types)
+    if len(types) != len(y):
+        raise ValueError(f"defect_types has {len(types)} entries but labels has {len(y)}.")
+    m = a = None
+    if masks is not None and maps is not None:
+        m, a = _masks_and_maps(masks, maps)
+    out = {}
+    for kind in sorted(set(types[y == 1].tolist())):
+        keep = (y == 0) | (types == kind)
+        entry = {"image_auroc": image_auroc(y[keep], s[keep]), "n": int((types == kind).sum())}
+        if m is not None:
+            entry["pixel_auroc"] = pixel_auroc(m[keep], a[keep])
+        out[kind] = entry
+    return out

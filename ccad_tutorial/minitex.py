@@ -338,7 +338,19 @@ def _cutpaste(
     return np.where(shape[..., None], patch, img), shape
 
 
+def _smudge(img: np.ndarray, region: np.ndarray, rng: np.random.Generator, **_) -> tuple:
+    """A blurred, lightened or darkened blob: the VALIDATION family (never in the test set)."""
+    size = img.shape[0]
+    radius = rng.uniform(0.08, 0.12) * size
+    shape = _blob(region.shape, _pick_centre(region, radius, rng), radius, rng, rough=0.4)
+    blurred = ndimage.gaussian_filter(img, sigma=(0.15 * radius, 0.15 * radius, 0))
+    shift = rng.choice([-1.0, 1.0]) * rng.uniform(25, 45)
+    return np.where(shape[..., None], blurred + shift, img), shape
+
+
 DEFECTS = {"scratch": _scratch, "hole": _hole, "stain": _stain, "cutpaste": _cutpaste}
+# Defect families of the validation split only: choices made on them never saw the test set.
+VALIDATION_DEFECTS = {"smudge": _smudge}
 
 
 def _commit(image: np.ndarray, candidate: np.ndarray, shape: np.ndarray) -> np.ndarray:
@@ -369,12 +381,13 @@ def apply_defect(
     identical to ``image``, pixels inside differ by >= MIN_CHANGE levels in some channel, and
     the mask covers DEFECT_AREA (1-8 %) of the image (shapes are redrawn until it does).
     """
-    if kind not in DEFECTS:
-        raise ValueError(f"Unknown defect type {kind!r}; valid ones are {', '.join(DEFECT_TYPES)}.")
+    families = {**DEFECTS, **VALIDATION_DEFECTS}
+    if kind not in families:
+        raise ValueError(f"Unknown defect type {kind!r}; valid ones are {', '.join(families)}.")
     region = np.ones(image.shape[:2], bool) if region is None else region
     clean = image.astype(np.float64)
     for _ in range(100):
-        candidate, shape = DEFECTS[kind](clean, region, rng, category=category)
+        candidate, shape = families[kind](clean, region, rng, category=category)
         shape &= region
         if DEFECT_AREA[0] <= shape.mean() <= DEFECT_AREA[1]:
             return _commit(image, candidate, shape), shape
@@ -525,3 +538,42 @@ def ensure_minitex(root: str | os.PathLike | None = None, size: int = 128, seed:
     if not _is_complete(path, _manifest(size, seed, CATEGORIES, DEFAULT_COUNTS)):
         make_minitex(path, size=size, seed=seed, **DEFAULT_COUNTS)
     return path
+
+
+def validation_split(
+    category: str, size: int = 128, seed: int = 0, n_good: int = 24, n_defect: int = 24
+):  # -> datasets.Batch
+    """A validation split for choices that must not see the test set (a guidance scale, a
+    bank mode): normal crops from the TRAINING regions of the photograph (fresh crops, never
+    the test regions) and as many with one ``smudge`` each, a defect family the test split
+    does not use. Returns a ``datasets.Batch`` (defect type "good" or "smudge"), in memory.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from ccad_tutorial.datasets import Batch
+
+    render = max(size, SIZE_RANGE[0])  # smaller sizes (quick runs) are rendered, then shrunk
+    _check_args(render, seed, {"n_good": n_good, "n_defect": n_defect}, (category,))
+    rng = _rng(seed, category, "validation")
+    images, masks, kinds = [], [], []
+    for i in range(n_good + n_defect):
+        normal = render_normal(category, "train", render, rng)
+        image, mask = normal.image, np.zeros(normal.image.shape[:2], bool)
+        if i >= n_good:
+            image, mask = apply_defect(normal.image, "smudge", rng, normal.region, category)
+        images.append(torch.from_numpy(image).permute(2, 0, 1).float() / 255)
+        masks.append(torch.from_numpy(mask)[None].float())
+        kinds.append("good" if i < n_good else "smudge")
+    images, masks = torch.stack(images), torch.stack(masks)
+    if render != size:
+        images = F.interpolate(images, size=(size, size), mode="area")
+        masks = (F.interpolate(masks, size=(size, size), mode="area") > 0).float()
+    return Batch(
+        images=images,
+        masks=masks,
+        labels=torch.tensor([k != "good" for k in kinds], dtype=torch.long),
+        defect_types=kinds,
+        paths=[f"<validation {category} {i}>" for i in range(len(kinds))],
+        categories=[category] * len(kinds),
+    )

@@ -2,13 +2,17 @@
 
     image (B, 3, H, W) --VAE encoder (frozen)--> x0 (B, 4, h, w)      [pixels for CCAD(V)]
     CFB (M, D) --Linear (C) or FCM (F)--> ctx (T, ctx_dim)             [one null token: uncond]
+      which entries: all (shared), the input's nearest (retrieved), its category's (category)
     x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps
     UNet2DConditionModel(x_t, t, ctx) -> eps_hat; every CrossAttn block is a GCB reading ctx
     optional guidance: ControlNetModel.from_unet(unet) fed the clean image adds residuals
 
-Training minimises ||eps - eps_hat||^2 (``CCAD.loss``). Reconstruction noises the input to
-``t_start`` and runs DDIM back to 0 (``CCAD.reconstruct``); the anomaly map compares input
-and reconstruction (``CCAD.anomaly_maps``). Frozen as in the paper's figure: VAE, feature
+Training minimises ||eps - eps_hat||^2 (``CCAD.loss``), with the condition dropped to the
+null token for a fraction ``cond_dropout`` of the images. Reconstruction noises the input to
+``t_start`` and runs DDIM back to 0 (``CCAD.reconstruct``), guided by
+eps_null + w (eps_bank - eps_null) when ``guidance_scale`` w != 1; ``CCAD.generate`` starts
+from pure noise instead. The anomaly map compares input and reconstruction
+(``CCAD.anomaly_maps``). Frozen as in the paper's figure: VAE, feature
 extractor and (for pretrained weights, ``freeze_encoder``) the UNet encoder + middle block;
 trained: UNet decoder, guidance copy, projection, FCM.
 """
@@ -19,7 +23,6 @@ import math
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from diffusers import (
     AutoencoderKL,
     ControlNetModel,
@@ -125,6 +128,8 @@ class CCAD(nn.Module):
         cfg: the run's CCADConfig.
         bank: the Coarse Feature Bank, (M, D) normal features (CoarseFeatureBank.features).
         unet, vae: ready diffusers modules (``from_pretrained``); built from cfg if None.
+        bank_labels: (M,) long, the category index of each bank entry (bank_mode="category";
+            None: every entry belongs to category 0).
     """
 
     def __init__(
@@ -133,26 +138,31 @@ class CCAD(nn.Module):
         bank: Tensor,
         unet: UNet2DConditionModel | None = None,
         vae: AutoencoderKL | None = None,
+        bank_labels: Tensor | None = None,
     ) -> None:
         super().__init__()
         self.cfg = cfg
         self.register_buffer("bank", bank.detach().float().clone())  # (M, D), the CFB
+        labels = torch.zeros(len(bank), dtype=torch.long) if bank_labels is None else bank_labels
+        self.register_buffer("bank_labels", labels.detach().long().clone(), persistent=False)
         self.unet = unet if unet is not None else build_unet(cfg)
         ctx_dim = self.unet.config.cross_attention_dim
         self.vae = (vae if vae is not None else build_vae(cfg)) if cfg.latent else None
         self.controlnet = build_guidance(cfg, self.unet, self.factor)
         dim = bank.shape[-1]
-        if cfg.variant == "uncond":  # one learned null token replaces the condition
+        if cfg.variant == "uncond" or cfg.cond_dropout > 0:  # the learned "no condition"
             self.null_token = nn.Parameter(torch.randn(1, ctx_dim) * 0.02)
+        if cfg.variant == "uncond":
+            pass
         elif cfg.variant == "F":  # CFB -> K tokens (fcm.py projects D -> ctx_dim itself)
             self.fcm = FineCompressionModule(dim, ctx_dim, cfg.num_queries, cfg.fcm_heads)
         else:  # V, C: the CFB itself, projected D -> ctx_dim (LayerNorm first: our reading)
             self.proj = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, ctx_dim))
-        self.extractor = None  # only bank_mode="retrieved" needs the input's global feature
-        if cfg.bank_mode == "retrieved":
+        self.extractor = None  # retrieved and category modes need the input's global feature
+        if cfg.bank_mode != "shared" and cfg.variant != "uncond":
             if cfg.pool != "image":
                 raise ValueError(
-                    'bank_mode="retrieved" needs pool="image" (one global vector per image).'
+                    f'bank_mode="{cfg.bank_mode}" needs pool="image" (one global vector per image).'
                 )
             self.extractor = FeatureExtractor(
                 cfg.backbone, cfg.feature_layers, pool="image", pretrained=cfg.pretrained_backbone
@@ -226,21 +236,45 @@ class CCAD(nn.Module):
 
     # ------------------------------------------------------------------ condition
     def context(
-        self, batch_size: int, bank: Tensor | None = None, query: Tensor | None = None
+        self,
+        batch_size: int,
+        bank: Tensor | None = None,
+        query: Tensor | None = None,
+        labels: Tensor | None = None,
     ) -> Tensor:
         """The tokens every GCB cross-attends to, (B, T, ctx_dim).
 
-        ``bank`` (M, D) replaces the run's CFB (the condition-swap diagnostic). With
-        ``bank_mode="retrieved"``, ``query`` (B, D) holds the inputs' global features.
+        ``bank`` (M, D) replaces the run's CFB (the condition swap): in bank_mode "shared"
+        and "category" it is the whole condition of every image (a category's bank given in
+        place of the one the image would get), in "retrieved" the entries are retrieved from
+        it. ``query`` (B, D) holds the inputs' global features (bank_mode "retrieved" and
+        "category"); ``labels`` (B,) the inputs' category indices (bank_mode="category";
+        known in training, chosen by ``query`` otherwise).
         """
-        bank = self.bank if bank is None else bank.to(self.bank)
         if self.cfg.variant == "uncond":
-            return self.null_token.unsqueeze(0).expand(batch_size, -1, -1)  # (B, 1, ctx)
+            return self.null_context(batch_size)  # (B, 1, ctx)
         if self.cfg.bank_mode == "retrieved":
-            bank = self.retrieve(bank, query)  # (B, k, D)
+            tokens = self.retrieve(self.bank if bank is None else bank.to(self.bank), query)
+        elif bank is not None:
+            tokens = bank.to(self.bank).unsqueeze(0).expand(batch_size, -1, -1)
+        elif self.cfg.bank_mode == "category":
+            labels = self.assign_category(query) if labels is None else labels
+            tokens = self.category_tokens(labels.to(self.bank.device))  # (B, M_c, D)
         else:
-            bank = bank.unsqueeze(0).expand(batch_size, -1, -1)  # (B, M, D): shared by all
-        return self.fcm(bank) if self.cfg.variant == "F" else self.proj(bank)
+            tokens = self.bank.unsqueeze(0).expand(batch_size, -1, -1)  # (B, M, D): shared
+        return self.condition(tokens)
+
+    def condition(self, tokens: Tensor) -> Tensor:
+        """Bank vectors (B, M, D) -> context (B, T, ctx_dim): the FCM (F) or LayerNorm + Linear (C)."""
+        return self.fcm(tokens) if self.cfg.variant == "F" else self.proj(tokens)
+
+    def null_context(self, batch_size: int, length: int = 1) -> Tensor:
+        """The learned null token as a context (B, length, ctx_dim): "no condition".
+
+        Attention over ``length`` copies of one token equals attention over that one token,
+        so a dropped condition can share a batch with bank contexts of any length.
+        """
+        return self.null_token.unsqueeze(0).expand(batch_size, length, -1)
 
     def retrieve(self, bank: Tensor, query: Tensor) -> Tensor:
         """The k bank entries nearest to each query: bank (M, D), query (B, D) -> (B, k, D).
@@ -256,6 +290,32 @@ class CCAD(nn.Module):
         k = min(self.cfg.retrieve_k, bank.shape[0] - 1)
         idx = dist.topk(k, largest=False).indices  # (B, k)
         return bank[idx]
+
+    def assign_category(self, query: Tensor | None) -> Tensor:
+        """(B,) the category of the bank entry nearest to each query (B, D).
+
+        At test time the category is unknown: the input's global feature picks the category
+        whose CFB holds its nearest normal feature (``category_error`` says how often wrongly).
+        """
+        if query is None:
+            raise ValueError('bank_mode="category" needs the inputs\' global features (query).')
+        nearest = torch.cdist(query.to(self.bank), self.bank).argmin(1)  # (B,)
+        return self.bank_labels[nearest]
+
+    def category_tokens(self, labels: Tensor) -> Tensor:
+        """The whole CFB of each input's category: labels (B,) -> (B, M_c, D).
+
+        Categories with fewer entries repeat theirs cyclically up to the largest count (the
+        attention weights of a repeated set are those of the set, up to the repetition).
+        """
+        size = int(torch.bincount(self.bank_labels).max())
+        banks = []
+        for c in labels.tolist():
+            rows = torch.nonzero(self.bank_labels == c).flatten()
+            if len(rows) == 0:
+                raise ValueError(f"bank_mode='category': the bank has no entry of category {c}.")
+            banks.append(self.bank[rows[torch.arange(size, device=rows.device) % len(rows)]])
+        return torch.stack(banks)
 
     @torch.no_grad()
     def global_features(self, images: Tensor) -> Tensor | None:
@@ -276,6 +336,20 @@ class CCAD(nn.Module):
             extra = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
         return self.unet(x_t, t, encoder_hidden_states=ctx, **extra).sample
 
+    def guided_noise(self, x_t: Tensor, t: Tensor, ctx: Tensor, control: Tensor | None) -> Tensor:
+        """Classifier-free guidance: eps_null + w (eps_bank - eps_null), w = ``guidance_scale``.
+
+        w = 1 is the plain conditioned prediction (one UNet pass), w = 0 the prediction
+        without condition from the same weights (one pass), any other w costs two passes.
+        """
+        w = self.cfg.guidance_scale
+        if w == 1 or self.cfg.variant == "uncond":
+            return self.predict_noise(x_t, t, ctx, control)
+        eps_null = self.predict_noise(x_t, t, self.null_context(len(x_t)), control)
+        if w == 0:
+            return eps_null
+        return eps_null + w * (self.predict_noise(x_t, t, ctx, control) - eps_null)
+
     def loss(
         self,
         x0: Tensor,
@@ -283,35 +357,62 @@ class CCAD(nn.Module):
         generator: torch.Generator | None = None,
         bank: Tensor | None = None,
         query: Tensor | None = None,
+        labels: Tensor | None = None,
+        per_image: bool = False,
     ) -> Tensor:
         """Epsilon-prediction MSE for clean x0 (B, C, h, w); control: the clean images (B, 3, H, W).
 
-        ``query`` (B, D): global features of the source images (bank_mode="retrieved").
+        ``query`` (B, D): global features of the source images (bank_mode "retrieved" and
+        "category"); ``labels`` (B,): their categories (bank_mode="category"). In training
+        mode a fraction ``cond_dropout`` of the images gets the null token instead of its
+        condition (drawn from ``generator`` too). ``per_image``: the (B,) losses, not their mean.
         """
         b = x0.shape[0]
         t_max = self.cfg.train_t_max or self.cfg.num_train_timesteps
         t = torch.randint(0, t_max, (b,), generator=generator).to(x0.device)
         noise = torch.randn(x0.shape, generator=generator).to(x0)
         x_t = self.noise_scheduler.add_noise(x0, noise, t)
-        eps_hat = self.predict_noise(x_t, t, self.context(b, bank, query), control)
-        return F.mse_loss(eps_hat.float(), noise.float())
+        ctx = self.context(b, bank, query, labels)
+        if self.training and self.cfg.cond_dropout > 0 and self.cfg.variant != "uncond":
+            drop = (torch.rand(b, generator=generator) < self.cfg.cond_dropout).to(x0.device)
+            ctx = torch.where(drop[:, None, None], self.null_context(b, ctx.shape[1]), ctx)
+        eps_hat = self.predict_noise(x_t, t, ctx, control)
+        losses = (eps_hat.float() - noise.float()).pow(2).flatten(1).mean(1)
+        return losses if per_image else losses.mean()
 
     # ------------------------------------------------------------------ reconstruction
-    def ddim(self) -> tuple[DDIMScheduler, Tensor]:
-        """A DDIM scheduler and its timesteps, starting exactly at ``t_start``.
+    def ddim(
+        self, t_start: int | None = None, steps: int | None = None
+    ) -> tuple[DDIMScheduler, Tensor]:
+        """A DDIM scheduler and its timesteps, starting exactly at ``t_start`` (cfg's default).
 
         diffusers' DDIMScheduler steps from t to t - 1000 // num_inference_steps; we pick
-        num_inference_steps so that ``ddim_steps`` strides cover t_start -> 0. The input is
-        noised to the FIRST timestep (DiAD noises to 999 but starts DDIM at 901).
+        num_inference_steps so that ``steps`` (cfg.ddim_steps) strides cover t_start -> 0.
+        The input is noised to the FIRST timestep (DiAD noises to 999 but starts DDIM at 901).
+        The x0 estimate is clipped to [-1, 1] only where that is the data's range (pixels).
         """
         cfg = self.cfg
-        sched = DDIMScheduler.from_config(self.noise_scheduler.config, set_alpha_to_one=False)
-        stride = max(1, math.ceil(cfg.t_start / cfg.ddim_steps))
+        t_start = cfg.t_start if t_start is None else t_start
+        steps = cfg.ddim_steps if steps is None else steps
+        clip = (not cfg.latent) if cfg.clip_sample is None else cfg.clip_sample
+        sched = DDIMScheduler.from_config(
+            self.noise_scheduler.config, set_alpha_to_one=False, clip_sample=clip
+        )
+        stride = max(1, math.ceil(t_start / steps))
         sched.set_timesteps(cfg.num_train_timesteps // stride)
         stride = cfg.num_train_timesteps // sched.num_inference_steps  # what step() will use
-        timesteps = torch.arange(cfg.t_start, 0, -stride)[: cfg.ddim_steps]
+        timesteps = torch.arange(t_start, 0, -stride)[:steps]
         sched.timesteps = timesteps
         return sched, timesteps
+
+    def denoise(
+        self, x: Tensor, sched: DDIMScheduler, timesteps: Tensor, ctx: Tensor, control
+    ) -> Tensor:
+        """DDIM from x at timesteps[0] down to x0 (B, C, h, w), guided as ``guided_noise``."""
+        for t in timesteps:
+            eps = self.guided_noise(x, t.expand(x.shape[0]).to(x.device), ctx, control)
+            x = sched.step(eps, int(t), x, eta=self.cfg.eta).prev_sample
+        return x
 
     @torch.no_grad()
     def reconstruct(
@@ -325,7 +426,8 @@ class CCAD(nn.Module):
         """Repaint images (B, 3, H, W) in [0, 1] as normal: encode, noise to t_start, DDIM, decode.
 
         The noise comes from ``noise_seed`` (fixed at evaluation) and does not depend on
-        batch_size. No classifier-free guidance. Returns (B, 3, H, W) in [0, 1].
+        batch_size. Guided by ``cfg.guidance_scale`` (see ``guided_noise``). Returns
+        (B, 3, H, W) in [0, 1].
         """
         from tqdm.auto import tqdm
 
@@ -338,11 +440,32 @@ class CCAD(nn.Module):
             noise = image_noise(x0.shape, noise_seed, first).to(x0)
             x = sched.add_noise(x0, noise, timesteps[:1])  # noise to the FIRST DDIM timestep
             ctx = self.context(x.shape[0], bank, self.global_features(chunk))
-            for t in timesteps:
-                eps = self.predict_noise(x, t.expand(x.shape[0]).to(device), ctx, chunk)
-                x = sched.step(eps, int(t), x, eta=self.cfg.eta).prev_sample
-            out.append(self.decode(x).cpu())
+            out.append(self.decode(self.denoise(x, sched, timesteps, ctx, chunk)).cpu())
         return torch.cat(out)
+
+    @torch.no_grad()
+    def generate(self, bank: Tensor, n: int, seed: int = 0, steps: int = 25) -> Tensor:
+        """n images (n, 3, H, W) in [0, 1] from pure noise, conditioned on ``bank`` (M, D).
+
+        The positive control: the bank is the ONLY information about what to draw (full DDIM
+        from t = T - 1, guided by ``cfg.guidance_scale``). Needs no guidance copy (it would
+        need an input image). Sample i's noise depends on (seed, i) only.
+        """
+        if self.controlnet is not None:
+            raise ValueError(
+                "generate() has no input image for the guidance copy; use guidance='none'."
+            )
+        device = self.bank.device
+        h = self.cfg.image_size // self.factor
+        channels = self.unet.config.in_channels
+        x = image_noise(torch.Size((n, channels, h, h)), seed, 0).to(device)
+        ctx = (
+            self.null_context(n)
+            if self.cfg.variant == "uncond"
+            else self.condition(bank.to(self.bank).unsqueeze(0).expand(n, -1, -1))
+        )
+        sched, timesteps = self.ddim(self.cfg.num_train_timesteps - 1, steps)
+        return self.decode(self.denoise(x, sched, timesteps, ctx, None)).cpu()
 
     @torch.no_grad()
     def anomaly_maps(

@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 VARIANTS = ("V", "C", "F", "uncond")
 PRESETS = ("tiny", "sd15")
 GUIDANCE = ("none", "bottleneck", "full")
-BANK_MODES = ("shared", "retrieved")
+BANK_MODES = ("shared", "retrieved", "category")
+# read by CCAD at inference, so an evaluation may change them on a trained run
+INFERENCE_FIELDS = ("t_start", "ddim_steps", "eta", "clip_sample", "guidance_scale")
 
 
 @dataclass
@@ -39,9 +41,12 @@ class CCADConfig:
     pretrained_backbone: bool = False
     xi: float = 0.1  # coreset ratio of the CFB
     min_bank: int = 8  # never fewer bank tokens than this
-    # our reading: "shared" = every image sees the whole bank (paper). benchmarks/levers.py
-    # found no configuration at CPU scale in which retrieval (or a unified model) beats it,
-    # so the paper's reading stays the default (chapter 8, "Levers")
+    # our reading: which part of the bank conditions an image.
+    # "shared": every image sees the whole bank (the paper's figure; the default per category)
+    # "retrieved": the retrieve_k bank entries nearest to the image's global feature
+    # "category": the whole CFB of the image's category (the label in training; at test time
+    #   the category of the bank entry nearest to the image's global feature). Multi-category
+    #   runs default to it (MULTICLASS_DEFAULTS below; chapter 8 measures all three).
     bank_mode: str = "shared"
     retrieve_k: int = 3  # bank_mode="retrieved": how many nearest bank entries condition an image
     # our reading, multi-category runs only: one coreset per category (each keeps xi of its
@@ -50,6 +55,13 @@ class CCADConfig:
     # --- Fine Compression Module (variant F) ---
     num_queries: int = 64  # K, the FCM's learnable query tokens (our reading)
     fcm_heads: int = 4
+    # --- classifier-free guidance on the bank (Ho and Salimans, 2022) ---
+    # training: each image's condition is replaced by the learned null token with this
+    # probability, so one network learns eps(x_t | bank) and eps(x_t | null)
+    cond_dropout: float = 0.0
+    # inference: eps = eps_null + w (eps_bank - eps_null); w = 0 is the unconditioned model
+    # with the same weights, w = 1 the plain conditioned model, w > 1 amplifies the bank
+    guidance_scale: float = 1.0
     # --- denoiser: diffusers UNet2DConditionModel ---
     block_out_channels: tuple[int, ...] = (32, 64, 64)
     down_block_types: tuple[str, ...] = (
@@ -81,6 +93,10 @@ class CCADConfig:
     t_start: int = 400  # noise level reconstruction starts from (our reading)
     ddim_steps: int = 10
     eta: float = 0.0
+    # clip DDIM's x0 estimate to [-1, 1] at every step? None: only in pixel space (V), where
+    # [-1, 1] is the image range. A VAE latent has no such bound (SD's scheduler sets
+    # clip_sample=False): clipping it shifts every category's colours toward one another.
+    clip_sample: bool | None = None
     # --- anomaly map (scoring.AnomalyScorer) ---
     score_mode: str = "feature"  # 1 - cosine of backbone maps (DiAD, CCAD), or "l1" pixels
     score_backbone: str = "resnet50"
@@ -110,6 +126,13 @@ class CCADConfig:
                 raise ValueError(
                     f"CCADConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}."
                 )
+        if not 0.0 <= self.cond_dropout < 1.0:
+            raise ValueError(f"CCADConfig.cond_dropout must be in [0, 1), got {self.cond_dropout}.")
+        if self.guidance_scale != 1.0 and self.cond_dropout == 0.0 and self.variant != "uncond":
+            raise ValueError(
+                f"guidance_scale={self.guidance_scale} needs a model trained with cond_dropout > 0 "
+                "(it has no null-token prediction to guide from); train with --set cond_dropout=0.1."
+            )
         for name, value in dataclasses.asdict(self).items():  # JSON gives lists back: make tuples
             if isinstance(value, list):
                 setattr(self, name, tuple(value))

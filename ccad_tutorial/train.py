@@ -200,9 +200,10 @@ def fit(
         opt.zero_grad(set_to_none=True)
         loss = 0.0
         for micro in range(cfg.grad_accum):  # gradient accumulation
-            x0, control, query = data.batch(step * cfg.grad_accum + micro, gen)
+            x0, control, query, labels = data.batch(step * cfg.grad_accum + micro, gen)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                micro_loss = model.loss(x0, control, gen, query=query) / cfg.grad_accum
+                micro_loss = model.loss(x0, control, gen, query=query, labels=labels)
+                micro_loss = micro_loss / cfg.grad_accum
             scaler.scale(micro_loss).backward()
             loss += micro_loss.item()
         if not math.isfinite(loss):  # stop before the bad gradients touch the weights
@@ -240,13 +241,16 @@ class TrainingData:
     """The training set in x0 space, cut into reproducible micro-batches.
 
     x0 (N, C, h, w) is encoded once (the VAE is frozen), so a step only crops; the clean
-    images (N, 3, H, W) go along as the guidance input, and with bank_mode="retrieved" each
-    image's global feature (N, D) as the retrieval query.
+    images (N, 3, H, W) go along as the guidance input, with bank_mode "retrieved" each
+    image's global feature (N, D) as the retrieval query, and with bank_mode="category" each
+    image's category index (N,) (``cfg.extra["train_counts"]``, in the order of the images).
     """
 
     def __init__(self, model: CCAD, images: torch.Tensor) -> None:
         self.device, self.images, self.seed = model.bank.device, images, model.cfg.seed
         self.batch_size = model.cfg.batch_size
+        counts = list(model.cfg.extra.get("train_counts", {}).values()) or [len(images)]
+        self.labels = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
         chunks = [x.to(self.device) for x in images.split(16)]
         self.x0 = torch.cat([model.encode(x).cpu() for x in chunks])
         self.queries = None
@@ -256,11 +260,12 @@ class TrainingData:
         self.crop = None if crop is None else crop // model.factor  # in x0 positions
 
     def batch(self, k: int, gen: torch.Generator) -> tuple:
-        """Micro-batch k -> (x0 (B, C, c, c), control images (B, 3, c*f, c*f), query or None)."""
+        """Micro-batch k -> (x0 (B, C, c, c), control images (B, 3, c*f, c*f), query or None,
+        category labels (B,))."""
         idx = batch_indices(k, self.batch_size, len(self.images), self.seed)
         x0, control = crop_batch(idx, self.crop, gen, self.x0, self.images)
         query = None if self.queries is None else self.queries[idx].to(self.device)
-        return x0.to(self.device), control.to(self.device), query
+        return x0.to(self.device), control.to(self.device), query, self.labels[idx].to(self.device)
 
 
 @torch.no_grad()
@@ -360,8 +365,8 @@ def load_run(
         raise ValueError(
             f"{run} has no checkpoint (model.safetensors) yet; train it or resume training."
         )
-    bank = CoarseFeatureBank.load(run / "bank.safetensors").features
-    model = build_model(cfg, bank)
+    bank = CoarseFeatureBank.load(run / "bank.safetensors")
+    model = build_model(cfg, bank.features, entry_labels(bank, cfg.extra.get("train_counts")))
     weights = _load_safetensors(run / "model.safetensors")
     try:
         model.load_state_dict(weights)
@@ -374,7 +379,9 @@ def load_run(
     return model.to(resolve_device(device)).eval(), cfg
 
 
-def build_model(cfg: CCADConfig, bank: torch.Tensor) -> CCAD:
+def build_model(
+    cfg: CCADConfig, bank: torch.Tensor, bank_labels: torch.Tensor | None = None
+) -> CCAD:
     """An untrained CCAD with the architecture recorded in cfg.extra (UNet/VAE configs)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
@@ -383,7 +390,7 @@ def build_model(cfg: CCADConfig, bank: torch.Tensor) -> CCAD:
         unet = UNet2DConditionModel.from_config(cfg.extra["unet_config"])
     if "vae_config" in cfg.extra and cfg.latent:
         vae = AutoencoderKL.from_config(cfg.extra["vae_config"])
-    return CCAD(cfg, bank, unet=unet, vae=vae)
+    return CCAD(cfg, bank, unet=unet, vae=vae, bank_labels=bank_labels)
 
 
 def load_trainer_state(run: Path) -> dict:
@@ -489,8 +496,10 @@ def _new_model(
     bank, extractor = build_bank(images, cfg, groups)
     bank.save(out / "bank.safetensors")
     times["bank_s"] = round(time.perf_counter() - t0, 2)
+    labels = entry_labels(bank, cfg.extra.get("train_counts"))
     if pretrained is not None:
         model = CCAD.from_pretrained(pretrained, cfg, bank.features)
+        model.bank_labels = labels
     else:
         vae = None
         if cfg.latent and cfg.vae_steps > 0:
@@ -498,7 +507,7 @@ def _new_model(
             vae = _cached_vae(images, cfg, progress, vae_cache, data, category)
             atomic_write(out / "vae.safetensors", lambda p: save_file(vae.state_dict(), str(p)))
             times["vae_s"] = round(time.perf_counter() - t0, 2)
-        model = CCAD(cfg, bank.features, vae=vae)
+        model = CCAD(cfg, bank.features, vae=vae, bank_labels=labels)
     if model.extractor is not None:  # retrieval must use the features the bank was built with
         model.extractor.load_state_dict(extractor.state_dict())
     cfg.extra["unet_config"] = dict(model.unet.config)
@@ -565,6 +574,21 @@ def split_categories(category: str) -> list[str]:
     return names
 
 
+def entry_labels(bank: CoarseFeatureBank, counts: dict | None) -> torch.Tensor:
+    """(M,) long: the index (in ``counts`` order) of the category each bank entry came from.
+
+    ``counts`` ({category: number of training images}, in training order) maps an entry's
+    source index to its image, hence its category; None (one category): all zeros.
+    """
+    if not counts:
+        return torch.zeros(len(bank), dtype=torch.long)
+    per_image = torch.repeat_interleave(
+        torch.arange(len(counts)), torch.tensor(list(counts.values()))
+    )
+    per_entry = max(1, bank.source_count // len(per_image))  # patch banks: h*w entries per image
+    return per_image[bank.indices.long() // per_entry]
+
+
 def bank_categories(run: str | os.PathLike) -> list[str]:
     """The training category of each entry of a run's bank (in bank order).
 
@@ -577,9 +601,8 @@ def bank_categories(run: str | os.PathLike) -> list[str]:
     counts = cfg.extra.get("train_counts")
     if not counts:
         return [cfg.extra["train_args"]["category"]] * len(bank)
-    per_image = [c for c, n in counts.items() for _ in range(n)]
-    per_entry = len(per_image) and bank.source_count // len(per_image)  # patch banks: h*w each
-    return [per_image[int(i) // per_entry] for i in bank.indices]
+    names = list(counts)
+    return [names[int(i)] for i in entry_labels(bank, counts)]
 
 
 def _check_category(data, layout: str, category: str) -> None:
@@ -605,14 +628,18 @@ def evaluate_run(
     noise_seed: int = 0,
     device: str = "auto",
     progress: bool = True,
+    **inference,
 ) -> dict:
     """``ccad-tutorial evaluate``: reconstruct the test split, score it, compute the metrics.
 
-    Returns {"image_auroc", "pixel_auroc", "aupro", "f1_max", ..., "eval_s", "n_test"}.
+    ``inference`` overrides fields read at inference (``presets.INFERENCE_FIELDS``, e.g.
+    guidance_scale=2) for this evaluation only. Returns {"image_auroc", "pixel_auroc",
+    "aupro", "f1_max", ..., "per_defect", "eval_s", "n_test"}.
     """
-    from ccad_tutorial.metrics import evaluate
+    from ccad_tutorial.metrics import evaluate, per_defect_type
 
     model, cfg = load_run(run, device=device)
+    set_inference_fields(cfg, inference)
     _check_category(data, layout, category)
     test = load_split(data, layout, category, "test", cfg.image_size)
     t0 = time.perf_counter()
@@ -620,6 +647,7 @@ def evaluate_run(
     maps, scores = model.anomaly_maps(test.images, recons)
     result = evaluate(test.labels, scores, test.masks, maps)
     result = {k: float(v) for k, v in result.items()}
+    result["per_defect"] = per_defect_type(test.labels, scores, test.defect_types, test.masks, maps)
     result.update(
         eval_s=round(time.perf_counter() - t0, 2),
         n_test=len(test.labels),
@@ -634,6 +662,21 @@ def evaluate_run(
     if grid_png is not None:
         save_grid(grid_png, test.images, recons, maps, test.masks)
     return result
+
+
+def set_inference_fields(cfg: CCADConfig, values: dict) -> None:
+    """Set fields read at inference (t_start, guidance_scale, ...) on a loaded run's cfg;
+    anything else would not match the trained weights and is refused."""
+    from ccad_tutorial.presets import INFERENCE_FIELDS
+
+    for key, value in values.items():
+        if key not in INFERENCE_FIELDS:
+            raise ValueError(
+                f"{key!r} is fixed when a run is trained; at evaluation only {INFERENCE_FIELDS} "
+                "can change."
+            )
+        setattr(cfg, key, value)
+    CCADConfig.__post_init__(cfg)  # the same checks as a new config (e.g. guidance needs dropout)
 
 
 def save_grid(path, images, recons, maps, masks, n: int = 6) -> None:
