@@ -43,7 +43,7 @@ test: venv lint
 	exit $$rc
 
 # Order matters only for speed: later scripts reuse the cells (runs/bench) earlier ones trained.
-BENCH_SCRIPTS := minitex_table convergence condition_swap inference_ablation xi_ablation levers
+BENCH_SCRIPTS := minitex_table convergence condition_swap inference_ablation xi_ablation condition_at_work
 
 bench: venv data
 	for s in $(BENCH_SCRIPTS); do $(PY) benchmarks/$$s.py || exit 1; done

@@ -140,6 +140,14 @@ class Bench:
         return value
 
 
+def probe_scales(choice: dict | None, model: str) -> tuple[float, ...]:
+    """The guidance scales a model is probed at besides w = 1: the whole sweep for the
+    chosen model, the chosen w for the others."""
+    if choice is None:
+        return ()
+    return W_SWEEP if model == choice["model"] else (choice["guidance_scale"],)
+
+
 def _steps(steps: int | None) -> dict:
     return {"steps": steps} if steps else {}
 
@@ -300,6 +308,79 @@ def swap_rows(bench: Bench, model: str, seed: int, w: float) -> list[dict]:
     return rows
 
 
+# ---------------------------------------------------------------------- figures
+def _save_png(fig, path: Path) -> Path:
+    """fig as a 256-colour PNG at ``path``, written atomically."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fig.savefig(tmp, format="png", dpi=72)
+    Image.open(tmp).convert("RGB").quantize(256).save(tmp, format="png", optimize=True)
+    tmp.replace(path)
+    return path
+
+
+def generation_figure(bench: Bench, model: str, w: float, path: Path, n: int = 8):
+    """PNG: the positive control's samples of seed 0, one row per bank given."""
+    from matplotlib.figure import Figure
+
+    saved = bench.folder(model, 0) / f"generation_w{w:g}.pt"
+    if not saved.is_file():
+        return None
+    samples = torch.load(saved, weights_only=True)
+    fig = Figure(figsize=(1.1 * n + 0.8, 1.1 * len(samples)))
+    axes = fig.subplots(len(samples), n, squeeze=False)
+    for r, (category, images) in enumerate(samples.items()):
+        for c in range(n):
+            ax = axes[r, c]
+            if c < len(images):
+                ax.imshow(images[c].permute(1, 2, 0).numpy())
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(f"{category}'s\nbank", fontsize=9)
+    fig.subplots_adjust(left=0.08, right=0.99, top=0.99, bottom=0.01, wspace=0.04, hspace=0.04)
+    return _save_png(fig, path)
+
+
+def guidance_figure(bench: Bench, model: str, path: Path):
+    """PNG: one cutpaste test image per category (seed 0's model, fixed noise), its
+    reconstruction and anomaly map at every w of the sweep."""
+    from matplotlib.figure import Figure
+
+    folder = bench.folder(model, 0)
+    if not (folder / "model.safetensors").is_file():
+        return None
+    cols = ["input", "ground truth"] + [
+        f"{x}, w = {w:g}" for w in W_SWEEP for x in ("recon", "map")
+    ]
+    fig = Figure(figsize=(1.5 * len(cols), 1.55 * len(bench.categories)))
+    axes = fig.subplots(len(bench.categories), len(cols), squeeze=False)
+    for r, category in enumerate(bench.categories):
+        net, cfg = load_scored_run(folder, bench.data, category)
+        test = load_split(bench.data, "mvtec", category, "test", cfg.image_size)
+        kinds = test.defect_types
+        i = kinds.index("cutpaste") if "cutpaste" in kinds else int(test.labels.argmax())
+        x = test.images[i : i + 1]
+        panels = [x[0].permute(1, 2, 0), test.masks[i, 0]]
+        for w in W_SWEEP:
+            net.cfg.guidance_scale = w
+            recon = net.reconstruct(x, noise_seed=0)
+            maps, _ = net.anomaly_maps(x, recon)
+            panels += [recon[0].permute(1, 2, 0), maps[0, 0]]
+        for c, (ax, img) in enumerate(zip(axes[r], panels, strict=True)):
+            ax.imshow(img.numpy(), cmap=None if img.dim() == 3 else "magma")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(cols[c], fontsize=8)
+            if c == 0:
+                ax.set_ylabel(category)
+    fig.tight_layout()
+    return _save_png(fig, path)
+
+
 # ---------------------------------------------------------------------- tables
 def mean_table(rows: list[dict], by=("model", "w"), keys=METRICS) -> list[dict]:
     """Per group ``by``: the mean over categories per seed, then mean and std over seeds."""
@@ -395,9 +476,8 @@ def main(argv: list[str] | None = None) -> dict:
     gen, swaps = [], []
     for seed in args.seeds:
         for model in conditioned + ["unified-uncond"]:
-            for w in {1.0, *([choice["guidance_scale"]] if choice else [])}:
-                if model == "unified-uncond" and w != 1.0:
-                    continue
+            ws = [1.0] if model == "unified-uncond" else [1.0, *probe_scales(choice, model)]
+            for w in sorted(set(ws)):
                 if (g := generation(bench, model, seed, w)) is not None:
                     gen.append(g)
         if choice is not None:
@@ -427,6 +507,16 @@ def main(argv: list[str] | None = None) -> dict:
         "rows": rows + baseline,
         "wall_s": round(time.perf_counter() - start, 1),
     }
+    figures = {}
+    if choice is not None and 0 in args.seeds:
+        figures["generation_png"] = generation_figure(
+            bench, choice["model"], choice["guidance_scale"],
+            out.with_name("condition_at_work_generation.png"),
+        )  # fmt: skip
+        figures["guidance_png"] = guidance_figure(
+            bench, choice["model"], out.with_name("condition_at_work_guidance.png")
+        )
+    payload.update({k: v.name if v else None for k, v in figures.items()})
     print(f"\nchoice: {choice and {k: choice[k] for k in ('model', 'guidance_scale')}}")
     for g in gen:
         print(f"generation {g['model']} seed {g['seed']} w {g['w']:g}: accuracy "

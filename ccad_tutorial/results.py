@@ -24,7 +24,7 @@ NAMES = (
     "coreset_speed",
     "inference_ablation",
     "condition_swap",
-    "levers",
+    "condition_at_work",
 )
 RAW_URL = "https://raw.githubusercontent.com/ccad-tutorial/ccad-tutorial/main/benchmarks/results"
 SOURCE_RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"

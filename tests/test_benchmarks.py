@@ -12,7 +12,8 @@ import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 SCRIPTS = (
-    "minitex_table", "convergence", "condition_swap", "inference_ablation", "xi_ablation", "levers",
+    "minitex_table", "convergence", "condition_swap", "inference_ablation", "xi_ablation",
+    "condition_at_work",
 )  # fmt: skip
 
 
@@ -48,12 +49,27 @@ def test_every_benchmark_runs_quick_and_writes_its_key(tmp_path):
     assert {e["scorer"] for e in inference["scoring"]} >= {"pixel L1", "feature layers 1-3"}
     xi = payloads["xi_ablation"]
     assert {e["value"] for e in xi["table"]} == {"4", "64"}
-    levers = payloads["levers"]
-    assert {e["lever"] for e in levers["tables"]["400"]["mean"]} == set(levers["levers"])
+    work = payloads["condition_at_work"]
     unified = [p.name for p in (tmp_path / "quick").glob("*_brick+grass_*") if p.is_dir()]
-    assert len(unified) == 3  # one model per unified lever: uncond, retrieved, balanced
-    assert {r["category"] for r in levers["swap_rows"]} == {"brick", "grass"}
-    # the per-category levers are minitex_table's cells, not retrained
+    assert len(unified) == 4  # one model each: uncond, F with category / retrieved / shared bank
+    # every conditioned model at w = 0 (its unconditioned twin) and w = 1, the chosen one at all w
+    ws = {(e["model"], e["w"]) for e in work["table"]}
+    best = work["choice"]["model"]
+    assert {(best, w) for w in work["w_sweep"]} <= ws
+    assert all((m, 0.0) in ws and (m, 1.0) in ws for m in work["models"] if m.startswith("unified-F"))
+    # the choice was made on the validation split: it is the best validation entry
+    top = max(work["choice"]["table"], key=lambda e: e["image_auroc"])
+    assert top["image_auroc"] == work["choice"]["validation_image_auroc"]
+    kinds = {e["defect"] for e in work["per_defect"]}
+    assert kinds == {"scratch", "hole", "stain", "cutpaste"}  # never the validation's smudge
+    for g in work["generation"]:
+        assert sum(map(sum, g["confusion"])) == 2 * 2  # 2 banks x 2 samples
+        if g["model"] == "unified-uncond" or g["w"] == 0.0:
+            assert g["accuracy"] == pytest.approx(g["chance"])  # no condition: chance exactly
+    clipped = {e["model"]: e for e in work["before_after"]["table"] if e["clip_sample"]}
+    assert set(clipped) == {"unified-uncond", "per-category-uncond"}
+    assert {r["category"] for r in work["swap"]} == {"brick", "grass"}
+    # the per-category models are minitex_table's cells, not retrained
     assert len([p for p in (tmp_path / "quick").glob("uncond_brick_*")]) == 1
 
 

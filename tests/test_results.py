@@ -11,9 +11,9 @@ def test_every_published_result_is_in_the_repository_with_its_key():
     for name in NAMES:
         payload = load_benchmark(name)
         assert isinstance(payload, dict) and payload, name
-    figure = load_benchmark("levers").get("examples_png")
-    if figure:  # a figure named by a payload is published next to it
-        assert load_result_file(figure).startswith(b"\x89PNG")
+    work = load_benchmark("condition_at_work")
+    for key in ("generation_png", "guidance_png"):  # figures named by a payload sit beside it
+        assert load_result_file(work[key]).startswith(b"\x89PNG")
 
 
 def test_ccad_results_overrides_the_published_folder(tmp_path, monkeypatch):
