@@ -202,6 +202,31 @@ def sd15(variant: str = "F") -> CCADConfig:
     )
 
 
+# One model for several categories (DiAD's multi-class setting): what a conditioned run on
+# several categories (``train --category a+b+c``) uses unless told otherwise. Chosen on a
+# validation split that the test never sees (benchmarks/condition_at_work.py, chapter 8).
+MULTICLASS_DEFAULTS = {
+    "bank_mode": "category",
+    "balanced_bank": True,
+    "cond_dropout": 0.1,
+    "guidance_scale": 1.0,
+}
+
+
+def multiclass_overrides(variant: str, overrides: dict) -> dict:
+    """``overrides`` completed with MULTICLASS_DEFAULTS for a conditioned variant.
+
+    What the caller sets wins; a run told ``cond_dropout=0`` has no null token to guide
+    from, so it also keeps guidance_scale at 1.
+    """
+    if variant == "uncond":
+        return dict(overrides)
+    merged = {**MULTICLASS_DEFAULTS, **overrides}
+    if merged["cond_dropout"] == 0 and "guidance_scale" not in overrides:
+        merged["guidance_scale"] = 1.0
+    return merged
+
+
 def make_config(preset: str = "tiny", variant: str = "F", **overrides) -> CCADConfig:
     """The preset's config for a variant, with any field overridden by keyword."""
     if preset not in PRESETS:

@@ -40,7 +40,7 @@ from ccad_tutorial.datasets import DataError, list_categories, load_split
 from ccad_tutorial.features import FeatureExtractor
 from ccad_tutorial.model import CCAD, build_vae
 from ccad_tutorial.modes import resolve_device
-from ccad_tutorial.presets import CCADConfig, make_config
+from ccad_tutorial.presets import CCADConfig, make_config, multiclass_overrides
 
 
 class TrainingDiverged(ValueError):
@@ -434,7 +434,9 @@ def train_run(
     ``category`` may join several with ``+`` (``"brick+grass"``): ONE model for all of them
     (DiAD's unified, multi-class setting), trained on their pooled normals, with one bank
     selected from all their features (``bank_categories`` says which category each bank
-    entry came from). Evaluate it per category.
+    entry came from). A conditioned variant then takes ``presets.MULTICLASS_DEFAULTS`` for
+    every field not in ``overrides`` (bank mode, condition dropout, guidance scale).
+    Evaluate it per category.
     """
     out = Path(out)
     categories = split_categories(category)
@@ -451,6 +453,8 @@ def train_run(
                 f"{out} already holds a CCAD run; pass --resume to continue it or choose another --out."
             )
         sizes = {"image_size": image_size} if image_size else {}
+        if len(categories) > 1:  # one model for all: the multi-class defaults fill the gaps
+            overrides = multiclass_overrides(variant, overrides)
         cfg = make_config(preset, variant, seed=seed, **sizes, **overrides)
         if steps is not None:
             cfg.steps = steps

@@ -485,3 +485,21 @@ def test_evaluate_command_sets_only_inference_fields(unified_run, tmp_path, caps
     assert main(args) == 0
     result = json.loads(out.read_text())
     assert result["category"] == "grass" and set(result["per_defect"]) == set(minitex.DEFECT_TYPES)
+
+
+# ---------------------------------------------------------------------- multi-class defaults
+def test_a_run_on_several_categories_takes_the_multiclass_defaults(minitex_root, tmp_path):
+    from ccad_tutorial.presets import MULTICLASS_DEFAULTS
+    from ccad_tutorial.train import read_config
+
+    kw = dict(variant="F", steps=1, progress=False, **FAST)
+    train_run(minitex_root, "brick+grass", tmp_path / "unified", **kw)
+    cfg = read_config(tmp_path / "unified")
+    for key, value in MULTICLASS_DEFAULTS.items():
+        assert getattr(cfg, key) == value, key
+    train_run(minitex_root, "brick+grass", tmp_path / "told", cond_dropout=0.0, **kw)
+    told = read_config(tmp_path / "told")
+    assert told.cond_dropout == 0.0 and told.guidance_scale == 1.0  # nothing to guide from
+    train_run(minitex_root, "brick", tmp_path / "one", **kw)
+    one = read_config(tmp_path / "one")  # one category keeps the paper's reading
+    assert (one.bank_mode, one.cond_dropout, one.guidance_scale) == ("shared", 0.0, 1.0)
