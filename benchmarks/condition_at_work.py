@@ -84,6 +84,8 @@ for _variant, _unified, _settings in MODELS.values():
 W_SWEEP = (0.0, 1.0, 2.0, 4.0)
 TEST_W = (0.0, 1.0)  # every conditioned model; the chosen one gets the whole sweep
 TRACE_IMAGES = 16  # test normals per category for the colour trace
+# fit: bank + stage-1 VAE + optimiser loop, in s (a unified model's once, for all categories)
+TIMES = ("fit_s", "train_s", "infer_s_per_image")
 
 
 class Bench:
@@ -433,6 +435,11 @@ def main(argv: list[str] | None = None) -> dict:
         "--models", nargs="+", default=list(MODELS), choices=list(MODELS),
         help="the unified F models to train and evaluate (the unconditioned ones always run)",
     )  # fmt: skip
+    parser.add_argument(
+        "--choice-seeds", nargs="+", type=int, default=None,
+        help="seeds whose (cached) validation rows choose the bank mode and w (default: --seeds);"
+        " lets one process per seed make the same choice",
+    )  # fmt: skip
     add_bench_arguments(parser)
     args = parser.parse_args(argv)
     if args.quick:
@@ -450,6 +457,12 @@ def main(argv: list[str] | None = None) -> dict:
                                                               {"guidance_scale": w}))]  # fmt: skip
             validation += validation_rows(bench, model, seed)
     rows += [r for r in before_after if r["clip_sample"] is None]
+    others = [seed for seed in args.choice_seeds or [] if seed not in args.seeds]
+    cached_only, args.cached_only = args.cached_only, True  # another process's seeds: read only
+    for seed in others:
+        for model in conditioned:
+            validation += validation_rows(bench, model, seed)
+    args.cached_only = cached_only
     choice = choose(validation)
     if choice is not None:  # the chosen model's whole sweep, its generation and swap
         best = choice["model"]
@@ -482,7 +495,7 @@ def main(argv: list[str] | None = None) -> dict:
                     gen.append(g)
         if choice is not None:
             swaps += swap_rows(bench, choice["model"], seed, choice["guidance_scale"])
-    table = mean_table(rows + baseline)
+    table = mean_table(rows + baseline, keys=METRICS + TIMES)
     print("\ntest: mean over categories (mean +- std over seeds), feature map")
     print_table(table)
     payload = {

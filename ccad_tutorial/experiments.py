@@ -319,7 +319,7 @@ def _evaluate(folder: Path, data, category: str, eval_settings, noise_seed: int)
     from ccad_tutorial.train import set_inference_fields
 
     model, cfg = load_scored_run(folder, data, category)
-    set_inference_fields(model.cfg, eval_settings or {})
+    set_inference_fields(model.cfg, eval_settings or {}, "eval_settings")
     test = load_split(data, "mvtec", category, "test", cfg.image_size)
     start = time.perf_counter()
     recons = model.reconstruct(test.images, noise_seed=noise_seed, progress=False)

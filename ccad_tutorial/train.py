@@ -668,16 +668,16 @@ def evaluate_run(
     return result
 
 
-def set_inference_fields(cfg: CCADConfig, values: dict) -> None:
+def set_inference_fields(cfg: CCADConfig, values: dict, what: str = "an evaluation") -> None:
     """Set fields read at inference (t_start, guidance_scale, ...) on a loaded run's cfg;
-    anything else would not match the trained weights and is refused."""
+    anything else would not match the trained weights and is refused, naming ``what`` asked."""
     from ccad_tutorial.presets import INFERENCE_FIELDS
 
     for key, value in values.items():
         if key not in INFERENCE_FIELDS:
             raise ValueError(
-                f"{key!r} is fixed when a run is trained; at evaluation only {INFERENCE_FIELDS} "
-                "can change."
+                f"{what} may set only {INFERENCE_FIELDS} (read at inference), not {key!r}: "
+                "it is fixed when a run is trained."
             )
         setattr(cfg, key, value)
     CCADConfig.__post_init__(cfg)  # the same checks as a new config (e.g. guidance needs dropout)
