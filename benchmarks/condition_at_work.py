@@ -459,12 +459,14 @@ def main(argv: list[str] | None = None) -> dict:
     rows += [r for r in before_after if r["clip_sample"] is None]
     others = [seed for seed in args.choice_seeds or [] if seed not in args.seeds]
     cached_only, args.cached_only = args.cached_only, True  # another process's seeds: read only
+    all_conditioned = [m for m, (v, u, _) in MODELS.items() if u and v != "uncond"]
     for seed in others:
-        for model in conditioned:
+        for model in all_conditioned:
             validation += validation_rows(bench, model, seed)
     args.cached_only = cached_only
     choice = choose(validation)
-    if choice is not None:  # the chosen model's whole sweep, its generation and swap
+    mine = choice is not None and choice["model"] in conditioned  # trained by this run
+    if mine:  # the chosen model's whole sweep, its generation and swap
         best = choice["model"]
         for seed in args.seeds:
             for category in args.categories:
@@ -493,7 +495,7 @@ def main(argv: list[str] | None = None) -> dict:
             for w in sorted(set(ws)):
                 if (g := generation(bench, model, seed, w)) is not None:
                     gen.append(g)
-        if choice is not None:
+        if mine:
             swaps += swap_rows(bench, choice["model"], seed, choice["guidance_scale"])
     table = mean_table(rows + baseline, keys=METRICS + TIMES)
     print("\ntest: mean over categories (mean +- std over seeds), feature map")
