@@ -133,6 +133,33 @@ def check_05_gcb_conditioning(r: dict) -> None:
     assert r["uses_condition"] is False
     assert r["swap_max_recon_change"] < 0.1 * r["noise_seed_recon_change"]
     assert r["swap_max_loss_change"] < 0.01 and r["swap_max_auroc_change"] < 0.01
+    # The positive control (the published condition_at_work benchmark): the model and w are
+    # the benchmark's choice, the accuracy is the confusion's trace over its sum, chance is
+    # one in K, an unconditioned model sits exactly at chance and never follows a change of
+    # bank, and the verdict printed is the one the numbers give.
+    import statistics
+
+    from ccad_tutorial.results import load_benchmark
+
+    work = load_benchmark("condition_at_work")
+    choice = (work["choice"]["model"], work["choice"]["guidance_scale"])
+    assert (r["generation_model"], r["generation_w"]) == choice
+    conf, k = r["generation_confusion"], len(r["generation_categories"])
+    assert r["generation_categories"] == work["categories"]
+    assert len(conf) == k and all(len(row) == k for row in conf)
+    trace = sum(conf[i][i] for i in range(k))
+    assert r["generation_seed_accuracy"] == pytest.approx(trace / sum(map(sum, conf)))
+    assert r["generation_chance"] == pytest.approx(1 / k)
+    runs = [g for g in work["generation"] if (g["model"], g["w"]) == choice]
+    assert r["generation_seed"] == min(g["seed"] for g in runs)
+    mean_accuracy = statistics.fmean(g["accuracy"] for g in runs)
+    assert r["generation_accuracy"] == pytest.approx(mean_accuracy)
+    assert r["uncond_generation_accuracy"] == pytest.approx(r["generation_chance"])
+    assert r["uncond_swap_moved"] == 0.0
+    assert 0.0 <= r["generation_swap_moved"] <= 1.0
+    assert r["generation_bar"] >= max(0.5, r["generation_chance"] + 0.25)
+    assert r["generation_reads_bank"] == (r["generation_accuracy"] > r["generation_bar"])
+    assert r["category_error"] is None or 0.0 <= r["category_error"] <= 1.0
 
 
 def check_06_ccad_end_to_end(r: dict) -> None:
@@ -180,9 +207,50 @@ def check_08_evaluation_and_ablations(r: dict) -> None:
     # the verdict printed is the one the numbers give
     assert r["verdict_helps"] == (r["gain_f_over_uncond"] > r["seed_spread"])
     assert r["verdict_uses_bank"] == (r["swap_max_abs_drop"] > r["seed_spread"])
-    # the levers' verdicts too
-    assert r["lever_helps"] == (r["lever_gain_retrieved"] > r["lever_seed_spread"])
-    assert r["lever_uses_retrieved"] == (r["lever_swap_drop"] > r["lever_swap_spread"])
+    # the condition at work: the recorded numbers are the published ones, and every verdict
+    # printed is the one they give
+    import statistics
+
+    from ccad_tutorial.results import load_benchmark
+
+    work = load_benchmark("condition_at_work")
+    chosen, w = r["chosen_model"], r["chosen_w"]
+    assert (chosen, w) == (work["choice"]["model"], work["choice"]["guidance_scale"])
+    assert work["models"][chosen]["unified"] and w in work["w_sweep"]
+    validation = {}  # chosen on the validation split: the best mean validation image AUROC
+    for v in work["validation"]:
+        validation.setdefault((v["model"], v["w"]), []).append(v["image_auroc"])
+    best = max(statistics.fmean(v) for v in validation.values())
+    assert statistics.fmean(validation[(chosen, w)]) == pytest.approx(best)
+    table = {(e["model"], e["w"]): e for e in work["table"]}
+    twin, guided = table[(chosen, 0.0)], table[(chosen, w)]
+    assert r["twin_gain"] == pytest.approx(guided["image_auroc"] - twin["image_auroc"])
+    spread = max(twin["image_auroc_std"], guided["image_auroc_std"], 0.01)
+    assert r["twin_spread"] == pytest.approx(spread)
+    assert r["twin_helps"] == (r["twin_gain"] > 2 * r["twin_spread"])
+    assert r["cutpaste_spread"] >= 0.01
+    assert r["cutpaste_helps"] == (r["cutpaste_gain"] > 2 * r["cutpaste_spread"])
+    per_cat, unified = table[("per-category-uncond", None)], table[("unified-uncond", None)]
+    assert r["unified_gap"] == pytest.approx(per_cat["image_auroc"] - unified["image_auroc"])
+    assert r["unified_within_005"] == (abs(r["unified_gap"]) <= 0.05)
+    control = table[("mean-normal", None)]["image_auroc"]
+    assert r["control_image_auroc"] == pytest.approx(control)
+    unified_rows = [e for (m, _), e in table.items() if work["models"].get(m, {}).get("unified")]
+    below = [e for e in unified_rows if e["image_auroc"] < control]
+    assert len(r["unified_below_control"]) == len(below)
+    assert set(r["unified_pixel_by_category"]) == set(work["categories"])
+    assert r["unified_pixel_above_chance"] == all(
+        v > 0.5 for v in r["unified_pixel_by_category"].values()
+    )
+    # the positive control: chance is one in K, the accuracy the published mean over seeds
+    assert r["generation_chance"] == pytest.approx(1 / len(work["categories"]))
+    accuracy = [g["accuracy"] for g in work["generation"] if (g["model"], g["w"]) == (chosen, w)]
+    assert accuracy and r["generation_accuracy"] == pytest.approx(statistics.fmean(accuracy))
+    assert r["generation_bar"] >= max(0.5, r["generation_chance"] + 0.25)
+    assert r["generation_reads_bank"] == (r["generation_accuracy"] > r["generation_bar"])
+    # the first claim rests on the twin AND the positive control
+    verdict = next(v for k, v in r["claims"].items() if k.startswith("Conditioning"))
+    assert (verdict == "**supported**") == (r["twin_helps"] and r["generation_reads_bank"])
 
 
 CHECKS = {name[len("check_") :]: fn for name, fn in globals().items() if name.startswith("check_")}
