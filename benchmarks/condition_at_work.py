@@ -20,8 +20,9 @@ What is measured and written to ``benchmarks/results/condition_at_work.json``:
 
 1. ``repair``: the colour of each category through the reconstruction path (VAE round trip,
    one-step x0 estimates, DDIM with and without clipping the x0 estimate), the latents'
-   statistics, the held-out loss per category, and the AUROCs before (``clip_sample=True``,
-   the earlier sampler) and after, on the same weights.
+   statistics, the held-out loss per category, and the AUROCs through the earlier
+   reconstruction path (x0 clipped, VAE on the whole image) and with each repair
+   (``PIPELINES``), on the same weights.
 2. ``validation``: every unified F model at every w on a validation split (fresh normals of
    the training regions and a defect family the test never uses); the bank mode and w of
    the multi-class default are chosen there (``choice``), never on the test set.
@@ -127,7 +128,7 @@ class Bench:
         if row is None:
             return None
         w = (evals or {}).get("guidance_scale", 1.0) if variant != "uncond" else None
-        return {**row, "model": model, "w": w, "clip_sample": (evals or {}).get("clip_sample")}
+        return {**row, "model": model, "w": w}
 
     def cached(self, path: Path, compute) -> dict | None:
         """JSON at ``path``, computed (and written atomically) if missing and allowed."""
@@ -180,16 +181,25 @@ def repair_rows(bench: Bench, seed: int) -> list[dict]:
     return rows
 
 
+# the reconstruction path before and after each repair, on the same weights
+PIPELINES = {
+    "earlier": {"clip_sample": True, "tile": False},  # x0 clipped, VAE on the whole image
+    "x0 unclipped": {"tile": False},
+    "x0 unclipped, tiled VAE": {},  # the current default
+}
+
+
 def before_after_rows(bench: Bench, seed: int) -> list[dict]:
-    """Test rows of the unconditioned models with the earlier sampler (x0 clipped to [-1, 1]
-    at every DDIM step) and the current one, on the same weights."""
+    """Test rows of the unconditioned models through each reconstruction path of
+    ``PIPELINES``: the earlier one (DDIM's x0 estimate clipped to [-1, 1] at every step, the
+    VAE run on the whole image), then each repair added, on the same weights."""
     rows = []
     for model in ("unified-uncond", "per-category-uncond"):
         for category in bench.categories:
-            for clip in (True, None):
-                row = bench.row(model, seed, category, {"clip_sample": True} if clip else None)
+            for name, evals in PIPELINES.items():
+                row = bench.row(model, seed, category, evals)
                 if row is not None:
-                    rows.append(row)
+                    rows.append({**row, "pipeline": name})
     return rows
 
 
@@ -456,7 +466,7 @@ def main(argv: list[str] | None = None) -> dict:
                 rows += [r for w in TEST_W if (r := bench.row(model, seed, category,
                                                               {"guidance_scale": w}))]  # fmt: skip
             validation += validation_rows(bench, model, seed)
-    rows += [r for r in before_after if r["clip_sample"] is None]
+    rows += [r for r in before_after if r["pipeline"] == "x0 unclipped, tiled VAE"]
     others = [seed for seed in args.choice_seeds or [] if seed not in args.seeds]
     cached_only, args.cached_only = args.cached_only, True  # another process's seeds: read only
     all_conditioned = [m for m, (v, u, _) in MODELS.items() if u and v != "uncond"]
@@ -511,8 +521,9 @@ def main(argv: list[str] | None = None) -> dict:
         "choice": choice,
         "table": table,
         "per_defect": per_defect_table(rows),
-        "before_after": {  # clip_sample True: the earlier sampler; None: the current one
-            "table": mean_table(before_after, by=("model", "clip_sample")),
+        "before_after": {  # the reconstruction path of PIPELINES, repair by repair
+            "pipelines": PIPELINES,
+            "table": mean_table(before_after, by=("model", "pipeline")),
             "rows": before_after,
         },
         "repair": repair,

@@ -223,12 +223,31 @@ class CCAD(nn.Module):
         x = images * 2 - 1
         if self.vae is None:
             return x
+        self.set_vae_tiling()
         return self.vae.encode(x).latent_dist.mode() * self.scaling_factor
 
     def decode(self, x0: Tensor) -> Tensor:
         """x0 (B, C, h, w) -> images (B, 3, h*f, w*f) in [0, 1]."""
-        x = x0 if self.vae is None else self.vae.decode(x0 / self.scaling_factor).sample
+        if self.vae is None:
+            return ((x0 + 1) / 2).clamp(0, 1)
+        self.set_vae_tiling()
+        x = self.vae.decode(x0 / self.scaling_factor).sample
         return ((x + 1) / 2).clamp(0, 1)
+
+    def set_vae_tiling(self) -> None:
+        """A VAE trained on crops encodes and decodes larger images in crop-sized tiles.
+
+        The tiny preset's VAE learns on crops (``cfg.crop_size``). Decoding a whole image's
+        latent at once, it paints a pale square inside a frame of good texture: positions
+        far from every border are ones it never saw. diffusers' tiled VAE
+        (``AutoencoderKL.enable_tiling``: overlapping tiles, blended) with crop-sized tiles
+        keeps every position as in training (``cfg.tile``). SD's VAE, trained on whole
+        images, runs at once.
+        """
+        crop = self.cfg.crop_size
+        self.vae.use_tiling = bool(self.cfg.tile and crop and crop < self.cfg.image_size)
+        if self.vae.use_tiling:
+            self.vae.tile_sample_min_size, self.vae.tile_latent_min_size = crop, crop // self.factor
 
     @property
     def scaling_factor(self) -> float:

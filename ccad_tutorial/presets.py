@@ -23,7 +23,7 @@ PRESETS = ("tiny", "sd15")
 GUIDANCE = ("none", "bottleneck", "full")
 BANK_MODES = ("shared", "retrieved", "category")
 # read by CCAD at inference, so an evaluation may change them on a trained run
-INFERENCE_FIELDS = ("t_start", "ddim_steps", "eta", "clip_sample", "guidance_scale")
+INFERENCE_FIELDS = ("t_start", "ddim_steps", "eta", "clip_sample", "guidance_scale", "tile")
 
 
 @dataclass
@@ -97,6 +97,9 @@ class CCADConfig:
     # [-1, 1] is the image range. A VAE latent has no such bound (SD's scheduler sets
     # clip_sample=False): clipping it shifts every category's colours toward one another.
     clip_sample: bool | None = None
+    # our reading: a VAE trained on crops decodes a larger image in crop-sized tiles
+    # (CCAD.set_vae_tiling): positions far from a border are ones it never saw in training
+    tile: bool = True
     # --- anomaly map (scoring.AnomalyScorer) ---
     score_mode: str = "feature"  # 1 - cosine of backbone maps (DiAD, CCAD), or "l1" pixels
     score_backbone: str = "resnet50"
