@@ -503,3 +503,24 @@ def test_a_run_on_several_categories_takes_the_multiclass_defaults(minitex_root,
     train_run(minitex_root, "brick", tmp_path / "one", **kw)
     one = read_config(tmp_path / "one")  # one category keeps the paper's reading
     assert (one.bank_mode, one.cond_dropout, one.guidance_scale) == ("shared", 0.0, 1.0)
+
+
+# ---------------------------------------------------------------------- the tiled VAE
+@pytest.mark.parametrize(("crop", "tile", "tiled"), [(16, True, True), (16, False, False),
+                                                     (None, True, False), (32, True, False)])  # fmt: skip
+def test_a_vae_trained_on_crops_runs_in_crop_sized_tiles(crop, tile, tiled):
+    model = tiny("C", crop_size=crop, tile=tile)  # 32 px images
+    images = torch.rand(2, 3, 32, 32)
+    x0 = model.encode(images)
+    assert model.vae.use_tiling is tiled
+    if tiled:
+        assert (model.vae.tile_sample_min_size, model.vae.tile_latent_min_size) == (16, 4)
+    assert model.decode(x0).shape == images.shape
+
+
+def test_tiling_changes_the_decoding_of_a_whole_image():
+    model = tiny("C", crop_size=16)
+    x0 = model.encode(torch.rand(1, 3, 32, 32))
+    tiled = model.decode(x0)
+    model.cfg.tile = False  # an inference field: the same weights, decoded at once
+    assert not torch.allclose(tiled, model.decode(x0))
