@@ -474,6 +474,19 @@ def test_probe_command_writes_the_positive_control(unified_run, tmp_path):
     assert 0.0 <= result["swap"]["moved"] <= 1.0
 
 
+def test_probe_of_a_per_category_run_offers_every_category_of_the_data(minitex_root, tmp_path):
+    run = tmp_path / "brick"
+    train_run(minitex_root, "brick", run, variant="F", steps=1, progress=False, **FAST)
+    out = tmp_path / "probe.json"
+    args = ["probe", "--run", str(run), "--data", str(minitex_root), "--n", "1"]
+    assert main([*args, "--json", str(out), "--set", "guidance_scale=1"]) == 0
+    result = json.loads(out.read_text())
+    assert result["categories"] == ["brick", "grass", "gravel", "hexnut"]
+    assert torch.tensor(result["confusion"]).sum(1).tolist() == [1, 1, 1, 1]
+    assert result["category_error"] is None  # one category: nothing to choose at test time
+    assert result["chance"] == 0.25
+
+
 def test_evaluate_command_sets_only_inference_fields(unified_run, tmp_path, capsys):
     run, root = unified_run
     base = ["evaluate", "--run", str(run), "--data", str(root), "--category", "grass"]
