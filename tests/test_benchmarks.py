@@ -66,8 +66,9 @@ def test_every_benchmark_runs_quick_and_writes_its_key(tmp_path):
         assert sum(map(sum, g["confusion"])) == 2 * 2  # 2 banks x 2 samples
         if g["model"] == "unified-uncond" or g["w"] == 0.0:
             assert g["accuracy"] == pytest.approx(g["chance"])  # no condition: chance exactly
-    clipped = {e["model"]: e for e in work["before_after"]["table"] if e["clip_sample"]}
-    assert set(clipped) == {"unified-uncond", "per-category-uncond"}
+    paths = {(e["model"], e["pipeline"]) for e in work["before_after"]["table"]}
+    uncond = ("unified-uncond", "per-category-uncond")
+    assert paths == {(m, p) for m in uncond for p in work["before_after"]["pipelines"]}
     assert {r["category"] for r in work["swap"]} == {"brick", "grass"}
     # the per-category models are minitex_table's cells, not retrained
     assert len([p for p in (tmp_path / "quick").glob("uncond_brick_*")]) == 1
