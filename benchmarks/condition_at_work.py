@@ -145,7 +145,7 @@ class Bench:
 
 def probe_scales(choice: dict | None, model: str) -> tuple[float, ...]:
     """The guidance scales a model is probed at besides w = 1: the whole sweep for the
-    chosen model, the chosen w for the others."""
+    chosen model, the chosen w for the others (generating costs seconds)."""
     if choice is None:
         return ()
     return W_SWEEP if model == choice["model"] else (choice["guidance_scale"],)
@@ -476,11 +476,12 @@ def main(argv: list[str] | None = None) -> dict:
     args.cached_only = cached_only
     choice = choose(validation)
     mine = choice is not None and choice["model"] in conditioned  # trained by this run
-    if mine:  # the chosen model's whole sweep, its generation and swap
+    if mine:  # the chosen model's sweep (seed 0: every w; other seeds: the chosen w)
         best = choice["model"]
         for seed in args.seeds:
+            sweep = W_SWEEP if seed == 0 else (choice["guidance_scale"],)
             for category in args.categories:
-                rows += [r for w in W_SWEEP if w not in TEST_W and (r := bench.row(
+                rows += [r for w in sweep if w not in TEST_W and (r := bench.row(
                     best, seed, category, {"guidance_scale": w}))]  # fmt: skip
     baseline = [
         {**r, "model": "mean-normal", "w": None}
