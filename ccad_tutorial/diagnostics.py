@@ -113,7 +113,7 @@ def colour_trace(
 ) -> dict[str, float]:
     """The colour error (``colour_error``) of each stage of the reconstruction path.
 
-    ``vae``: encode + decode only (``vae_whole``: without crop-sized tiles); ``x0@<t>``: the UNet's one-step estimate of x0 from x_t
+    ``vae``: encode + decode only (``vae_tiled``: in crop-sized tiles); ``x0@<t>``: the UNet's one-step estimate of x0 from x_t
     (noise drawn as in ``reconstruct``); ``ddim``: the reconstruction itself, with the run's
     settings; ``ddim_clip`` and ``ddim_noclip``: the same with DDIM's x0 estimate clipped
     to [-1, 1] at every step, or not (``cfg.clip_sample``). The stage where the error
@@ -123,9 +123,9 @@ def colour_trace(
     x = images.to(device)
     x0 = model.encode(x)
     out = {"vae": colour_error(images, model.decode(x0).cpu())}
-    saved_tile, model.cfg.tile = model.cfg.tile, False
-    try:  # the VAE on the whole image at once, without crop-sized tiles
-        out["vae_whole"] = colour_error(images, model.decode(model.encode(x)).cpu())
+    saved_tile, model.cfg.tile = model.cfg.tile, True
+    try:  # the VAE in crop-sized tiles (cfg.tile)
+        out["vae_tiled"] = colour_error(images, model.decode(model.encode(x)).cpu())
     finally:
         model.cfg.tile = saved_tile
     ctx = model.context(len(x), None, model.global_features(x))

@@ -235,14 +235,15 @@ class CCAD(nn.Module):
         return ((x + 1) / 2).clamp(0, 1)
 
     def set_vae_tiling(self) -> None:
-        """A VAE trained on crops encodes and decodes larger images in crop-sized tiles.
+        """With ``cfg.tile``, a VAE trained on crops runs on larger images in crop-sized tiles.
 
         The tiny preset's VAE learns on crops (``cfg.crop_size``). Decoding a whole image's
-        latent at once, it paints a pale square inside a frame of good texture: positions
+        latent at once, it can paint a pale square inside a frame of good texture: positions
         far from every border are ones it never saw. diffusers' tiled VAE
         (``AutoencoderKL.enable_tiling``: overlapping tiles, blended) with crop-sized tiles
-        keeps every position as in training (``cfg.tile``). SD's VAE, trained on whole
-        images, runs at once.
+        keeps every position as in training, but its seams cross the middle of the image,
+        and the UNet learned on latents of whole images. Off by default (chapter 8 measures
+        both); SD's VAE, trained on whole images, always runs at once.
         """
         crop = self.cfg.crop_size
         self.vae.use_tiling = bool(self.cfg.tile and crop and crop < self.cfg.image_size)

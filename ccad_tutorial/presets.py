@@ -97,9 +97,9 @@ class CCADConfig:
     # [-1, 1] is the image range. A VAE latent has no such bound (SD's scheduler sets
     # clip_sample=False): clipping it shifts every category's colours toward one another.
     clip_sample: bool | None = None
-    # our reading: a VAE trained on crops decodes a larger image in crop-sized tiles
-    # (CCAD.set_vae_tiling): positions far from a border are ones it never saw in training
-    tile: bool = True
+    # run a VAE trained on crops in crop-sized tiles on larger images (CCAD.set_vae_tiling)?
+    # Off: chapter 8 measured it; it cures a pale interior on textures and hurts the object
+    tile: bool = False
     # --- anomaly map (scoring.AnomalyScorer) ---
     score_mode: str = "feature"  # 1 - cosine of backbone maps (DiAD, CCAD), or "l1" pixels
     score_backbone: str = "resnet50"

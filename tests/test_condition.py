@@ -532,7 +532,7 @@ def test_a_vae_trained_on_crops_runs_in_crop_sized_tiles(crop, tile, tiled):
 
 
 def test_tiling_changes_the_decoding_of_a_whole_image():
-    model = tiny("C", crop_size=16)
+    model = tiny("C", crop_size=16, tile=True)
     x0 = model.encode(torch.rand(1, 3, 32, 32))
     tiled = model.decode(x0)
     model.cfg.tile = False  # an inference field: the same weights, decoded at once
