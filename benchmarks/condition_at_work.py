@@ -513,9 +513,12 @@ def main(argv: list[str] | None = None) -> dict:
     print("\ntest: mean over categories (mean +- std over seeds), feature map")
     print_table(table)
     payload = {
-        "models": {
-            m: {"variant": v, "unified": u, "settings": s} for m, (v, u, s) in MODELS.items()
+        "models": {  # the models this run trained (the unconditioned ones always)
+            m: {"variant": v, "unified": u, "settings": s}
+            for m, (v, u, s) in MODELS.items()
+            if v == "uncond" or m in args.models
         },
+        "not_run": [m for m in MODELS if m not in args.models and MODELS[m][0] != "uncond"],
         "budget": "same optimiser steps per category: a unified model trains steps x categories",
         "categories": args.categories,
         "seeds": args.seeds,
