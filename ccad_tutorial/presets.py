@@ -208,8 +208,8 @@ def sd15(variant: str = "F") -> CCADConfig:
 # One model for several categories (DiAD's multi-class setting): what a conditioned run on
 # several categories (``train --category a+b+c``) uses unless told otherwise. The guidance
 # scale is the best mean validation image AUROC of the sweep w in {0, 1, 2, 4} on a split the
-# test never sees (benchmarks/condition_at_work.py, chapter 8); at CPU scale w = 0 scored
-# within 0.001 of it: the choice is a rule followed, not an effect found.
+# test never sees (benchmarks/condition_at_work.py; chapter 8 shows how flat that sweep is
+# at CPU scale: the choice is a rule followed, not an effect found).
 MULTICLASS_DEFAULTS = {
     "bank_mode": "category",
     "balanced_bank": True,
