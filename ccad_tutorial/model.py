@@ -150,13 +150,11 @@ class CCAD(nn.Module):
         self.vae = (vae if vae is not None else build_vae(cfg)) if cfg.latent else None
         self.controlnet = build_guidance(cfg, self.unet, self.factor)
         dim = bank.shape[-1]
-        if cfg.variant == "uncond" or cfg.cond_dropout > 0:  # the learned "no condition"
+        if cfg.variant == "uncond" or cfg.cond_dropout > 0:  # one learned "no condition"
             self.null_token = nn.Parameter(torch.randn(1, ctx_dim) * 0.02)
-        if cfg.variant == "uncond":
-            pass
-        elif cfg.variant == "F":  # CFB -> K tokens (fcm.py projects D -> ctx_dim itself)
+        if cfg.variant == "F":  # CFB -> K tokens (fcm.py projects D -> ctx_dim itself)
             self.fcm = FineCompressionModule(dim, ctx_dim, cfg.num_queries, cfg.fcm_heads)
-        else:  # V, C: the CFB itself, projected D -> ctx_dim (LayerNorm first: our reading)
+        elif cfg.variant != "uncond":  # V, C: the CFB, D -> ctx_dim (LayerNorm first: our reading)
             self.proj = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, ctx_dim))
         self.extractor = None  # retrieved and category modes need the input's global feature
         if cfg.bank_mode != "shared" and cfg.variant != "uncond":
