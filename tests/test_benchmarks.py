@@ -56,7 +56,9 @@ def test_every_benchmark_runs_quick_and_writes_its_key(tmp_path):
     ws = {(e["model"], e["w"]) for e in work["table"]}
     best = work["choice"]["model"]
     assert {(best, w) for w in work["w_sweep"]} <= ws
-    assert all((m, 0.0) in ws and (m, 1.0) in ws for m in work["models"] if m.startswith("unified-F"))
+    assert all(
+        (m, 0.0) in ws and (m, 1.0) in ws for m in work["models"] if m.startswith("unified-F")
+    )
     # the choice was made on the validation split: it is the best validation entry
     top = max(work["choice"]["table"], key=lambda e: e["image_auroc"])
     assert top["image_auroc"] == work["choice"]["validation_image_auroc"]
