@@ -323,6 +323,21 @@ def read_loss_log(out: Path, up_to_step: int) -> list:
     ]
 
 
+def loss_curve(run: str | os.PathLike, points: int = 20) -> tuple[list[int], list[float]]:
+    """The training loss of a run folder as ``points`` window means: (steps, losses).
+
+    Each point is the mean loss of one window of consecutive steps, plotted at the window's
+    last step (a single step's loss is mostly the noise of its random timesteps).
+    """
+    rows = read_loss_log(Path(run), up_to_step=2**62)  # every row
+    if not rows:
+        raise FileNotFoundError(f"{Path(run) / 'loss_log.csv'}: no loss log (is it a run folder?)")
+    window = max(1, len(rows) // points)
+    ends = range(window - 1, len(rows), window)
+    losses = [sum(r[1] for r in rows[i - window + 1 : i + 1]) / window for i in ends]
+    return [rows[i][0] for i in ends], losses
+
+
 def write_config(out: Path, cfg: CCADConfig) -> None:
     atomic_write(out / "config.json", lambda p: p.write_text(json.dumps(cfg.to_dict(), indent=2)))
 
@@ -446,7 +461,8 @@ def train_run(
         cfg, model, state = _resume(out, variant, preset, device)
         if steps is not None:
             cfg.steps = steps
-        print(f"Resumed from {out} at step {state['step']}")
+        if progress:  # the CLI says it; a chapter that trains in stages stays quiet
+            print(f"Resumed from {out} at step {state['step']}")
     else:
         if (out / "config.json").exists():
             raise ValueError(

@@ -246,6 +246,7 @@ def plot_curves(
     x: str = "step",
     title: str | None = None,
     logy: bool | Sequence[str] = False,
+    ncols: int = 3,
 ) -> Figure:
     """Training curves, one panel per quantity (loss and AUROC live on different scales).
 
@@ -257,6 +258,8 @@ def plot_curves(
         x: the record key used as x axis.
         title: figure title.
         logy: log-scale all panels (True) or the panels named in a list.
+        ncols: panels per row (more keys wrap into further rows, so the figure stays
+            readable in a book's column).
 
     Returns:
         Figure with one axes per key; AUROC panels get a dashed chance line at 0.5.
@@ -266,9 +269,13 @@ def plot_curves(
     missing = [k for k in keys if k not in curves]
     if missing or not keys:
         raise ValueError(f"plot_curves(): no data for {missing or 'any key'}; have {list(curves)}.")
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.0 * len(keys), 3.0), squeeze=False)
+    ncols = max(1, min(ncols, len(keys)))
+    nrows = -(-len(keys) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.0 * ncols, 3.0 * nrows), squeeze=False)
     plt.close(fig)
-    for ax, key in zip(axes.flat, keys, strict=True):
+    for ax in axes.flat[len(keys) :]:
+        fig.delaxes(ax)
+    for ax, key in zip(axes.flat, keys, strict=False):
         xs, ys = curves[key]
         ax.plot(xs, ys, marker="." if len(ys) < 30 else None)
         if "auroc" in key.lower():

@@ -222,3 +222,15 @@ def test_a_balanced_bank_keeps_every_category_of_a_unified_run(minitex_root, tmp
         balanced_bank=True, xi=0.5, **FAST,
     )  # fmt: skip
     assert Counter(bank_categories(out)) == {"brick": 8, "grass": 8}  # xi of each category's 16
+
+
+def test_loss_curve_averages_windows_of_the_log(tmp_path):
+    from ccad_tutorial.train import loss_curve
+
+    rows = ["step,loss,lr,elapsed_s"] + [f"{s},{s % 2},0.001,0.1" for s in range(1, 41)]
+    (tmp_path / "loss_log.csv").write_text("\n".join(rows) + "\n")
+    steps, losses = loss_curve(tmp_path, points=10)
+    assert steps == list(range(4, 41, 4))  # each window ends at its last step
+    assert losses == [0.5] * 10  # the alternating 1, 0 averages out in every window
+    with pytest.raises(FileNotFoundError, match="no loss log"):
+        loss_curve(tmp_path / "missing")

@@ -105,6 +105,14 @@ def test_plot_curves_draws_one_panel_per_key_from_records():
     assert list(auroc_xs) == [0, 5]  # only the steps where AUROC was measured
 
 
+def test_plot_curves_wraps_many_panels_into_rows():
+    fig = viz.plot_curves({f"k{i}": [1.0, 0.5] for i in range(5)}, ncols=3)
+    assert len(fig.axes) == 5  # the sixth cell of the 2 x 3 grid is removed
+    width, height = fig.get_size_inches()
+    assert width / height <= 2.0  # a grid, not a strip that shrinks to nothing in a column
+    assert [ax.get_subplotspec().rowspan.start for ax in fig.axes] == [0, 0, 0, 1, 1]
+
+
 def test_plot_curves_accepts_a_dict_of_series():
     fig = viz.plot_curves({"loss": [3, 2, 1], "val": ([0, 10], [0.5, 0.6])}, keys=["val"])
     assert len(fig.axes) == 1
