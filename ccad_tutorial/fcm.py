@@ -17,6 +17,8 @@ of the bank rows (a set in, a set out). The FCM is trained jointly with the diff
 
 from __future__ import annotations
 
+import time
+
 import torch
 from torch import Tensor, nn
 
@@ -75,12 +77,13 @@ class FineCompressionModule(nn.Module):
             bank: CFB vectors, (M, D) or batched (B, M, D).
             return_attention: also return the per-head attention weights.
             key_padding_mask: (M,) or (B, M) bool, True marks bank rows to ignore
-                (torch's ``nn.MultiheadAttention`` convention), for banks padded to equal M.
+                (torch's ``nn.MultiheadAttention`` convention), for banks padded
+                to equal M.
 
         Returns:
-            ctx tokens (K, ctx_dim) or (B, K, ctx_dim); with ``return_attention`` also the
-            weights (heads, K, M) or (B, heads, K, M): row k says which bank entries query k
-            reads, and sums to 1 over M.
+            ctx tokens (K, ctx_dim) or (B, K, ctx_dim); with ``return_attention``
+            also the weights (heads, K, M) or (B, heads, K, M): row k says which
+            bank entries query k reads, and sums to 1 over M.
         """
         unbatched = bank.dim() == 2
         bank = self._check_bank(bank)  # (B, M, D)
@@ -144,14 +147,14 @@ class ReadoutProbe(nn.Module):
         self.out = nn.Linear(ctx_dim, bank_dim)
 
     def tokens(self, bank: Tensor) -> Tensor:
-        """The condition tokens: (K, ctx) from the FCM, or (M, ctx) from the projected CFB."""
+        """Condition tokens: (K, ctx) from the FCM, or (M, ctx): the projected CFB."""
         return self.fcm(bank) if self.fcm is not None else self.bank_proj(bank)
 
     def forward(self, features: Tensor, bank: Tensor) -> Tensor:
         """features (B, D), bank (M, D) -> read-out (B, D)."""
         tokens = self.tokens(bank)  # (T, ctx)
-        attn = torch.softmax(self.query(features) @ tokens.T / tokens.shape[-1] ** 0.5, dim=-1)
-        return self.out(attn @ tokens)  # (B, D)
+        scores = self.query(features) @ tokens.T / tokens.shape[-1] ** 0.5  # (B, T)
+        return self.out(torch.softmax(scores, dim=-1) @ tokens)  # (B, D)
 
 
 def fit_readout_probe(
@@ -187,3 +190,25 @@ def fit_readout_probe(
 def readout_fidelity(probe: ReadoutProbe, features: Tensor, bank: Tensor) -> float:
     """Mean cosine similarity between read-out and feature on held-out (B, D) features."""
     return torch.cosine_similarity(probe(features, bank), features).mean().item()
+
+
+def cross_attention_ms(
+    tokens: int, positions: int = 256, dim: int = 64, heads: int = 4, repeat: int = 10
+) -> float:
+    """Milliseconds of one multi-head attention call on the CPU.
+
+    ``positions`` queries (a feature map flattened, as in a GCB) attend to ``tokens`` keys
+    and values, all ``dim`` wide in ``heads`` heads: the cost side of the FCM's trade-off
+    (chapter 4). One warm-up call, then the median over 5 rounds of the mean time of
+    ``repeat`` calls (timings on a shared machine are noisy).
+    """
+    q = torch.randn(1, heads, positions, dim // heads)
+    kv = torch.randn(1, heads, tokens, dim // heads)
+    torch.nn.functional.scaled_dot_product_attention(q, kv, kv)  # warm-up
+    rounds = []
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(repeat):
+            torch.nn.functional.scaled_dot_product_attention(q, kv, kv)
+        rounds.append((time.perf_counter() - start) / repeat * 1e3)
+    return sorted(rounds)[len(rounds) // 2]
