@@ -104,26 +104,28 @@ class GlobalFeatureConditionedBlock(nn.Module):
         self.ff_out = nn.Linear(ff_mult * dim, dim)
 
     def forward(
-        self, hidden_states: Tensor, context: Tensor, return_attention: bool = False
+        self,
+        hidden_states: Tensor,
+        context: Tensor,
+        return_attention: bool = False,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """hidden_states (B, N, dim), context (B, M, context_dim) -> (B, N, dim).
 
-        With ``return_attention`` also the cross-attention weights (B, heads, N, M): row n
-        says which bank tokens spatial position n retrieves (each row sums to 1).
+        With ``return_attention`` also the cross-attention weights
+        (B, heads, N, M): row n says which bank tokens spatial position n
+        retrieves (each row sums to 1).
         """
         if context.shape[-1] != self.context_dim:
             raise ValueError(
-                f"GlobalFeatureConditionedBlock expects bank tokens (B, M, {self.context_dim}) "
-                f"(context_dim), got {tuple(context.shape)}; project the bank to context_dim first."
+                f"the GCB expects bank tokens (B, M, {self.context_dim}), got "
+                f"{tuple(context.shape)}: project the bank to context_dim first."
             )
         x = hidden_states
         h = self.norm1(x)
-        x = x + self.attn1(h, h)[0]
+        x = x + self.attn1(h, h)[0]  # self-attention
         attn_out, weights = self.attn2(self.norm2(x), context, return_attention)
-        x = x + attn_out
-        value, gate = self.ff_in(self.norm3(x)).chunk(
-            2, dim=-1
-        )  # diffusers.models.activations.GEGLU
+        x = x + attn_out  # cross-attention: each position reads the bank
+        value, gate = self.ff_in(self.norm3(x)).chunk(2, dim=-1)  # GEGLU
         x = x + self.ff_out(value * F.gelu(gate))
         return (x, weights) if return_attention else x
 
@@ -291,16 +293,23 @@ class AttentionStore:
         attention_mask: Tensor | None = None,
         **kwargs,
     ) -> Tensor:
-        if hidden_states.ndim != 3 or attention_mask is not None or attn.norm_cross:
+        plain = hidden_states.ndim == 3 and attention_mask is None
+        if not plain or attn.norm_cross:
             raise ValueError(
-                "AttentionStore reads plain (B, N, C) attention without mask or cross-norm, as "
-                "in a GCB's attn2; install it on BasicTransformerBlock.attn2 modules only."
+                "AttentionStore reads plain (B, N, C) attention without mask or "
+                "cross-norm, as in a GCB's attn2; install it on "
+                "BasicTransformerBlock.attn2 modules only."
             )
-        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-        query = attn.head_to_batch_dim(attn.to_q(hidden_states))  # (B * heads, N, head_dim)
-        key = attn.head_to_batch_dim(attn.to_k(context))  # (B * heads, M, head_dim)
-        self.probs.append(attn.get_attention_scores(query, key).detach().float().cpu())
-        return self.processor(attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs)
+        context = encoder_hidden_states
+        if context is None:  # self-attention
+            context = hidden_states
+        # (B * heads, N, head_dim) queries, (B * heads, M, head_dim) keys
+        query = attn.head_to_batch_dim(attn.to_q(hidden_states))
+        key = attn.head_to_batch_dim(attn.to_k(context))
+        probs = attn.get_attention_scores(query, key)  # (B * heads, N, M)
+        self.probs.append(probs.detach().float().cpu())
+        args = (attn, hidden_states, encoder_hidden_states, attention_mask)
+        return self.processor(*args, **kwargs)
 
 
 @contextmanager
@@ -344,3 +353,249 @@ def attention_entropy(probs: Tensor) -> Tensor:
     retrieves a single token. ``torch.special.entr`` is -p log p with 0 log 0 = 0.
     """
     return torch.special.entr(probs).sum(-1)
+
+
+# ---------------------------------------------------------------------- chapter 5's probes
+@torch.no_grad()
+def diffusers_equivalence(
+    dim: int, heads: int, context_dim: int, positions: int, tokens: int, seed: int = 0
+) -> dict[str, float]:
+    """Max |GCB - BasicTransformerBlock| on random inputs, both with the same random weights.
+
+    A diffusers block gets random weights everywhere (LayerNorms and biases too), a GCB
+    copies them with :meth:`GlobalFeatureConditionedBlock.from_diffusers`, and both run on
+    the same feature map (2, positions, dim) and bank tokens (2, tokens, context_dim).
+    Returns {"fused": the GCB with F.scaled_dot_product_attention (as diffusers'
+    AttnProcessor2_0), "explicit": with softmax(Q K^T / sqrt(d)) V written out,
+    "output_scale": the largest |output|}.
+    """
+    from diffusers.models.attention import BasicTransformerBlock
+
+    torch.manual_seed(seed)
+    basic = BasicTransformerBlock(
+        dim, heads, dim // heads, cross_attention_dim=context_dim, activation_fn="geglu"
+    ).eval()
+    for param in basic.parameters():
+        param.normal_(0.0, 0.1)
+    ours = GlobalFeatureConditionedBlock.from_diffusers(basic)
+    x, bank = torch.randn(2, positions, dim), torch.randn(2, tokens, context_dim)
+    theirs = basic(x, encoder_hidden_states=bank)
+    fused = ours(x, bank)
+    explicit, _ = ours(x, bank, return_attention=True)
+    return {
+        "fused": float((fused - theirs).abs().max()),
+        "explicit": float((explicit - theirs).abs().max()),
+        "output_scale": float(theirs.abs().max()),
+    }
+
+
+GCB_TABLE_HEADER = (
+    "GCB", "part", "map", "self-attn keys", "bank tokens", "heads x width", "scores / image",
+)  # fmt: skip
+
+
+def gcb_table_rows(rows: list[dict]) -> list[list]:
+    """:func:`gcb_table`'s rows as table cells (columns: ``GCB_TABLE_HEADER``)."""
+    return [
+        [
+            f"`{r['name'].replace('.transformer_blocks.0', '')}`",
+            r["part"],
+            f"{r['side']}x{r['side']}",
+            r["positions"],
+            r["bank_tokens"],
+            f"{r['heads']} x {r['channels'] // r['heads']}",
+            f"{r['scores']:,}",
+        ]
+        for r in rows
+    ]
+
+
+def guidance_numbers(cfg, unet: nn.Module, num_tokens: int) -> dict[str, int]:
+    """How many numbers per image each ``guidance`` option adds to the UNet.
+
+    Builds the guidance copy (``model.build_guidance`` with guidance="full") on the
+    ``meta`` device, so it costs no memory, runs it on one image and counts the residuals
+    it returns: {"none": 0, "bottleneck": the lowest-resolution residuals plus the middle
+    one (the rule of ``CCAD.predict_noise``), "full": all of them, "x0": the numbers of
+    x0, "image": the numbers of the input image}.
+    """
+    import dataclasses
+
+    from ccad_tutorial.model import build_guidance
+
+    side, channels = unet.config.sample_size, unet.config.in_channels
+    size = cfg.image_size
+    full = dataclasses.replace(cfg, guidance="full")
+    with torch.device("meta"):
+        copy = build_guidance(full, unet, size // side)
+        down, mid = copy(
+            torch.zeros(1, channels, side, side),
+            torch.zeros(1),
+            encoder_hidden_states=torch.zeros(1, num_tokens, unet.config.cross_attention_dim),
+            controlnet_cond=torch.zeros(1, 3, size, size),
+            return_dict=False,
+        )
+    lowest = min(r.shape[-1] for r in down)
+    bottleneck = [r for r in down if r.shape[-1] == lowest] + [mid]
+    return {
+        "none": 0,
+        "bottleneck": sum(r.numel() for r in bottleneck),
+        "full": sum(r.numel() for r in [*down, mid]),
+        "x0": channels * side**2,
+        "image": 3 * size**2,
+    }
+
+
+@torch.no_grad()
+def cross_attention_maps(
+    model: nn.Module, images: Tensor, t: Tensor, noise_seed: int = 0
+) -> dict[str, Tensor]:
+    """{GCB name: (B, heads, N, T) cross-attention probabilities} of a CCAD model.
+
+    The images (B, 3, H, W) are encoded, noised to timestep ``t`` (shape (1,)) with the
+    fixed noise of ``model.image_noise`` and denoised once, with the model's own
+    condition, while :func:`capture_cross_attention` records every GCB.
+    """
+    from ccad_tutorial.model import image_noise
+
+    device = model.bank.device
+    x0 = model.encode(images.to(device))
+    noise = image_noise(x0.shape, noise_seed, 0).to(x0)
+    x_t = model.noise_scheduler.add_noise(x0, noise, t)
+    ctx = model.context(len(images))
+    with capture_cross_attention(model.unet) as stores:
+        model.predict_noise(x_t, t.expand(len(images)).to(device), ctx, images.to(device))
+    split = (len(images), -1)  # (B * heads, N, T) -> (B, heads, N, T)
+    return {name: store.probs[0].unflatten(0, split) for name, store in stores.items()}
+
+
+def probe_positions(mask: Tensor, side: int) -> list[tuple[int, int]]:
+    """Four positions of a side x side feature map: the one at the centre of the defect
+    ``mask`` (H, W), then the three quadrant centres farthest from it."""
+    cell = mask.shape[-1] / side
+    ys, xs = torch.nonzero(mask > 0, as_tuple=True)
+    centre = (int(ys.float().mean() / cell), int(xs.float().mean() / cell))
+    a, b = side // 4, 3 * side // 4
+    quadrants = [(a, a), (a, b), (b, a), (b, b)]
+
+    def distance(p: tuple[int, int]) -> int:
+        return (p[0] - centre[0]) ** 2 + (p[1] - centre[1]) ** 2
+
+    return [centre] + sorted(quadrants, key=distance, reverse=True)[:3]
+
+
+def plot_retrieval(
+    image: Tensor,
+    mask: Tensor,
+    probs: Tensor,
+    positions: list[tuple[int, int]],
+    token_images: Tensor,
+    title: str = "",
+):
+    """What four positions of one GCB retrieve from the bank.
+
+    image (3, H, W), mask (H, W); probs (N, T): the cross-attention rows of one image
+    (heads averaged) on a side x side map; token_images (T, 3, H', W'): the training
+    image of each bank token. Top: the image with the positions circled, and the rows of
+    the four positions as grouped bars (the dashed line is uniform, 1/T). Bottom: for
+    each position, the training image of its most-attended token. Returns the figure.
+    """
+    import matplotlib.pyplot as plt
+
+    side = math.isqrt(probs.shape[0])
+    cell = image.shape[-1] / side
+    rows = torch.stack([probs[i * side + j] for i, j in positions])  # (4, T)
+    fig = plt.figure(figsize=(8, 5.6))
+    grid = fig.add_gridspec(2, 4, height_ratios=(1.3, 1))
+    ax = fig.add_subplot(grid[0, 0])
+    ax.imshow(image.permute(1, 2, 0).numpy())
+    ax.contour(mask.numpy(), levels=[0.5], colors="w", linewidths=0.8)
+    for k, (i, j) in enumerate(positions):
+        y, x = (i + 0.5) * cell - 0.5, (j + 0.5) * cell - 0.5
+        ax.plot(x, y, "o", ms=9, mfc="none", mec=f"C{k}", mew=2)
+    ax.set_title(title, fontsize=9)
+    ax.set_axis_off()
+    bars = fig.add_subplot(grid[0, 1:])
+    tokens = torch.arange(rows.shape[1])
+    for k, (i, j) in enumerate(positions):
+        label = f"({i}, {j})" + (" defect" if k == 0 else "")
+        bars.bar(tokens + (k - 1.5) * 0.2, rows[k].numpy(), 0.2, color=f"C{k}", label=label)
+    bars.axhline(1 / rows.shape[1], color="k", ls="--", lw=1)
+    bars.set(xlabel="bank token", ylabel="attention weight")
+    bars.legend(fontsize=8, ncols=2)
+    for k in range(len(positions)):
+        top = int(rows[k].argmax())
+        ax = fig.add_subplot(grid[1, k])
+        ax.imshow(token_images[top].permute(1, 2, 0).numpy())
+        ax.set_title(f"token {top}: {float(rows[k, top]):.2f}", fontsize=9, color=f"C{k}")
+        ax.set_axis_off()
+    fig.tight_layout()
+    return fig
+
+
+def position_spread(probs: Tensor) -> float:
+    """Mean total-variation distance of each attention row from its image's and head's
+    mean row: probs (B, heads, N, T). 0: every position reads the same mixture."""
+    mean_row = probs.mean(-2, keepdim=True)
+    return float((0.5 * (probs - mean_row).abs().sum(-1)).mean())
+
+
+def attention_statistics(probs: Tensor, initial: Tensor) -> dict[str, float]:
+    """Entropy, entropy / log T, max weight and position spread of one GCB's attention
+    (B, heads, N, T), with the entropy ratio and spread of ``initial`` (the same GCB
+    before training) for comparison."""
+    log_t = math.log(probs.shape[-1])
+    entropy = float(attention_entropy(probs).mean())
+    return {
+        "entropy": entropy,
+        "ratio": entropy / log_t,
+        "ratio_init": float(attention_entropy(initial).mean()) / log_t,
+        "max_weight": float(probs.max()),
+        "spread": position_spread(probs),
+        "spread_init": position_spread(initial),
+    }
+
+
+def first_of_each_type(batch, normal: int, defective: int):
+    """A smaller ``datasets.Batch``: the first ``normal`` good images and the first
+    ``defective`` images of each defect type, in the batch's order."""
+    from collections import Counter
+
+    from ccad_tutorial.datasets import Batch
+
+    seen, keep = Counter(), []
+    for i, kind in enumerate(batch.defect_types):
+        seen[kind] += 1
+        if seen[kind] <= (normal if kind == "good" else defective):
+            keep.append(i)
+    return Batch(
+        batch.images[keep],
+        batch.masks[keep],
+        batch.labels[keep],
+        *([getattr(batch, f)[i] for i in keep] for f in ("defect_types", "paths", "categories")),
+    )
+
+
+def generation_summary(work: dict) -> dict[tuple[str, float], dict]:
+    """The positive control of the ``condition_at_work`` benchmark, per (model, w).
+
+    {(model, w): {"accuracy": mean over seeds of the share of samples named after the
+    bank they were given, "follows": mean over seeds of swap["moved"] (the sample follows
+    a change of bank), "chance", "seeds", "unconditioned": bool}}, in the benchmark's
+    model order, then by w.
+    """
+    groups: dict[tuple[str, float], list[dict]] = {}
+    for g in work["generation"]:
+        groups.setdefault((g["model"], g["w"]), []).append(g)
+    order = list(work["models"])
+    summary = {}
+    for key in sorted(groups, key=lambda k: (order.index(k[0]), k[1])):
+        runs = groups[key]
+        summary[key] = {
+            "accuracy": sum(g["accuracy"] for g in runs) / len(runs),
+            "follows": sum(g["swap"]["moved"] for g in runs) / len(runs),
+            "chance": runs[0]["chance"],
+            "seeds": len(runs),
+            "unconditioned": work["models"][key[0]]["variant"] == "uncond",
+        }
+    return summary

@@ -102,6 +102,22 @@ def resolve_gpu_mode(mode: str = "auto") -> str:
     return mode
 
 
+def resolve_data(
+    mode: str,
+    data_root: str | os.PathLike | None = None,
+    download_dir: str | os.PathLike | None = None,
+) -> str | os.PathLike | None:
+    """The data a GPU recipe reads: ``data_root`` if given; else, in full mode,
+    MVTec-AD, downloaded once into ``download_dir`` (default: the package's cache
+    folder); else None (fast mode: ``modes.start_chapter`` picks MiniTex-AD)."""
+    if data_root is not None or mode != "full":
+        return data_root
+    from ccad_tutorial.download import download_mvtec_ad
+    from ccad_tutorial.minitex import default_cache_dir
+
+    return download_mvtec_ad(download_dir or default_cache_dir() / "mvtec")
+
+
 def preset_differences(a: str = "tiny", b: str = "sd15", variant: str = "F") -> dict:
     """{field: (value in preset a, value in preset b)} for every CCADConfig field that differs."""
     cfg_a, cfg_b = make_config(a, variant).to_dict(), make_config(b, variant).to_dict()
@@ -130,17 +146,28 @@ def select_categories(
 
 
 def budget(
-    preset: str, n_train: int, steps: int | None = None, epochs: float | None = None, **overrides
+    preset: str,
+    n_train: int,
+    steps: int | None = None,
+    epochs: float | None = None,
+    **overrides,
 ) -> int:
-    """Optimiser steps for one category with ``n_train`` training images (see module docstring)."""
-    cfg = make_config(preset, **{k: v for k, v in overrides.items() if k != "variant"})
+    """Optimiser steps for one category with ``n_train`` training images.
+
+    ``steps`` if given; else ``epochs`` passes over the images at the preset's
+    effective batch (batch_size x grad_accum). Without either, sd15 takes DiAD's
+    200 epochs and the tiny preset its own ``steps`` (see the module docstring).
+    """
+    fields = {k: v for k, v in overrides.items() if k != "variant"}
+    cfg = make_config(preset, **fields)
     if steps is not None:
         return int(steps)
     if epochs is None and preset == "sd15":
         epochs = DIAD_EPOCHS
     if epochs is None:
         return cfg.steps
-    return max(1, math.ceil(epochs * n_train / (cfg.batch_size * cfg.grad_accum)))
+    batch = cfg.batch_size * cfg.grad_accum  # images per optimiser step
+    return max(1, math.ceil(epochs * n_train / batch))
 
 
 @dataclass
@@ -217,43 +244,63 @@ def reproduce(
     return results
 
 
-def run_category(data: str | os.PathLike, run: Path, category: str, recipe: Recipe) -> dict:
-    """One category: skip it if evaluated, else (resume or start) training, then evaluate.
-
-    ``run/metrics.json`` is written last: its presence means the category is complete.
+def run_category(
+    data: str | os.PathLike,
+    run: Path,
+    category: str,
+    recipe: Recipe,
+) -> dict:
+    """One category: skip it if evaluated, else (resume or start) training, then
+    evaluate. ``run/metrics.json`` is written last: it means the category is done.
     """
     metrics_path = run / "metrics.json"
     if metrics_path.is_file():
         metrics = json.loads(metrics_path.read_text())
-        if (metrics.get("preset"), metrics.get("variant")) != (recipe.preset, recipe.variant):
-            raise ValueError(
-                f"{metrics_path} was made with preset {metrics.get('preset')!r} and variant "
-                f"{metrics.get('variant')!r}, not {recipe.preset!r} / {recipe.variant!r}: "
-                "choose another --out."
-            )
-        print(f"  {category}: already evaluated ({metrics_path}), skipped", flush=True)
+        _check_recipe(metrics, recipe, metrics_path)
+        print(f"  {category}: already evaluated ({run}), skipped", flush=True)
         return metrics
     r = recipe
-    common = dict(variant=r.variant, preset=r.preset, layout=r.layout, progress=r.progress)
-    if (run / "trainer_state.pt").is_file():  # interrupted after a checkpoint: continue
-        train_run(data, category, run, steps=r.steps, resume=True, device=r.device, **common)
-    else:
-        for name in RUN_FILES:  # interrupted before the first checkpoint: start over
+    common = dict(
+        variant=r.variant,
+        preset=r.preset,
+        layout=r.layout,
+        progress=r.progress,
+        device=r.device,
+    )
+    if (run / "trainer_state.pt").is_file():  # interrupted after a checkpoint
+        train_run(data, category, run, steps=r.steps, resume=True, **common)
+    else:  # new, or interrupted before the first checkpoint: start over
+        for name in RUN_FILES:
             (run / name).unlink(missing_ok=True)
         n_train = len(load_dataset(data, r.layout, category, "train"))
         steps = budget(r.preset, n_train, r.steps, r.epochs, **r.overrides)
-        train_run(
-            data, category, run, steps=steps, pretrained=r.pretrained, seed=r.seed,
-            device=r.device, **common, **r.overrides,
-        )  # fmt: skip
+        new = dict(steps=steps, pretrained=r.pretrained, seed=r.seed)
+        train_run(data, category, run, **new, **common, **r.overrides)
     metrics = evaluate_run(
-        run, data, category, r.layout, grid_png=run / "examples.png", noise_seed=r.noise_seed,
-        device=r.device, progress=r.progress,
-    )  # fmt: skip
-    metrics.update(json.loads((run / "config.json").read_text())["extra"].get("times", {}))
+        run,
+        data,
+        category,
+        r.layout,
+        grid_png=run / "examples.png",
+        noise_seed=r.noise_seed,
+        device=r.device,
+        progress=r.progress,
+    )
+    config = json.loads((run / "config.json").read_text())
+    metrics.update(config["extra"].get("times", {}))  # the run's times
     text = json.dumps(metrics, indent=2)
     atomic_write(metrics_path, lambda p: p.write_text(text + "\n"))
     return metrics
+
+
+def _check_recipe(metrics: dict, recipe: Recipe, path: Path) -> None:
+    """A finished category must come from the same preset and variant as the recipe."""
+    made = (metrics.get("preset"), metrics.get("variant"))
+    if made != (recipe.preset, recipe.variant):
+        raise ValueError(
+            f"{path} was made with preset {made[0]!r} and variant {made[1]!r}, not "
+            f"{recipe.preset!r} / {recipe.variant!r}: choose another --out."
+        )
 
 
 def summarise(per_category: dict[str, dict], setting: dict) -> dict:

@@ -37,9 +37,8 @@ def one_thread():
 
 
 def run_tiny(data, out, categories=TWO, steps=2, **kw):
-    return reproduce.reproduce(
-        data, out, categories, preset="tiny", steps=steps, progress=False, **{**FAST, **kw}
-    )
+    kw = {"progress": False, **FAST, **kw}
+    return reproduce.reproduce(data, out, categories, preset="tiny", steps=steps, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +101,8 @@ def test_the_cli_prints_the_table_of_a_finished_reproduction(done, minitex_root,
 def test_an_interrupted_category_resumes_at_its_checkpoint(minitex_root, tmp_path, capsys):
     run = tmp_path / "out" / "brick"
     train_run(minitex_root, "brick", run, preset="tiny", steps=2, progress=False, **FAST)
-    results = run_tiny(minitex_root, tmp_path / "out", categories=["brick"], steps=4)
+    # with progress output on (the CLI's default), the resumed run says so
+    results = run_tiny(minitex_root, tmp_path / "out", ["brick"], steps=4, progress=True)
     assert f"Resumed from {run} at step 2" in capsys.readouterr().out
     assert results["categories"]["brick"]["steps"] == 4
     logged = (run / "loss_log.csv").read_text().splitlines()[1:]
