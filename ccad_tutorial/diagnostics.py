@@ -205,24 +205,25 @@ def conditional_generation(
     classifier: NearestCategory | None = None,
     steps: int = 25,
 ) -> dict:
-    """Generate from pure noise with each category's bank as the condition, and name what
-    came out: does the model read its condition?
+    """Generate from pure noise with each category's bank as the condition, and name
+    what came out: does the model read its condition?
 
     banks: {category: (M, D) bank}; classifier: ``NearestCategory`` over the same
-    categories (in the same order as ``banks``). Every bank gets the SAME n_per_bank noise
-    draws, so only the condition differs between the rows. Returns
-    {"categories", "confusion" (rows: bank given, columns: category named), "accuracy",
-    "chance", "swap", "samples" ({category: (n, 3, H, W)})}. ``swap["moved"]`` is the
-    fraction of (noise draw, bank A, bank B) triples where the sample is named A under A's
-    bank and B under B's: the generated category follows the bank. An unconditioned model
-    draws the same image under every bank, so its accuracy sits at chance by construction.
+    categories (in the same order as ``banks``). Every bank gets the SAME n_per_bank
+    noise draws, so only the condition differs between the rows. Returns
+    {"categories", "confusion" (rows: bank given, columns: category named),
+    "accuracy", "chance", "swap", "samples" ({category: (n, 3, H, W)})}.
+    ``swap["moved"]`` is the fraction of (noise draw, bank A, bank B) triples where the
+    sample is named A under A's bank and B under B's: the generated category follows
+    the bank. An unconditioned model draws the same image under every bank, so its
+    accuracy sits at chance by construction.
     """
     if classifier is None:
-        raise ValueError("conditional_generation needs classifier=NearestCategory(cfg, normals).")
+        raise ValueError("conditional_generation needs a NearestCategory classifier.")
     names = list(banks)
     if names != classifier.names:
-        raise ValueError(f"banks {names} and classifier {classifier.names} name other categories.")
-    samples = {c: model.generate(bank, n_per_bank, seed, steps) for c, bank in banks.items()}
+        raise ValueError(f"banks {names} and classifier {classifier.names} differ.")
+    samples = {c: model.generate(b, n_per_bank, seed, steps) for c, b in banks.items()}
     named = torch.stack([classifier(samples[c]) for c in names])  # (K, n)
     k = len(names)
     confusion = torch.zeros(k, k, dtype=torch.long)
@@ -230,7 +231,8 @@ def conditional_generation(
         confusion[row] += torch.bincount(named[row], minlength=k)
     hits = named == torch.arange(k)[:, None]  # (K, n): sample named after its bank
     pairs = [(a, b) for a in range(k) for b in range(k) if a != b]
-    moved = {f"{names[a]}->{names[b]}": float((hits[a] & hits[b]).float().mean()) for a, b in pairs}
+    both = {(a, b): float((hits[a] & hits[b]).float().mean()) for a, b in pairs}
+    moved = {f"{names[a]}->{names[b]}": value for (a, b), value in both.items()}
     return {
         "categories": names,
         "confusion": confusion.tolist(),
@@ -316,3 +318,51 @@ def probe_run(
         "guidance_scale": cfg.guidance_scale,
         "n_per_bank": n_per_bank,
     }
+
+
+@torch.no_grad()
+def map_check(
+    model: CCAD, images: Tensor, labels: Tensor, masks: Tensor, noise: float = 0.1, seed: int = 0
+) -> dict[str, dict[str, float]]:
+    """Is a low AUROC the model's or the map's? Three reconstructions, one scorer.
+
+    * ``model``: the model's reconstructions, scored by its own map;
+    * ``model, pixel L1``: the SAME reconstructions, scored by the blurred pixel difference;
+    * ``noisy copy``: no model, the input plus Gaussian noise of std ``noise`` (clamped to
+      [0, 1]) as its "reconstruction", scored by the model's map.
+
+    If the model's reconstructions score well with pixel L1 and a noisy copy scores as badly
+    as the model with the model's map, the map (not the model) points the wrong way for
+    reconstructions that keep residual noise. Returns {name: {"image_auroc", "pixel_auroc",
+    "defect_error", "normal_error"}}; the last two are the mean absolute pixel error of the
+    reconstruction inside and outside the defect masks.
+    """
+    from ccad_tutorial.metrics import image_auroc, pixel_auroc
+    from ccad_tutorial.scoring import gaussian_smooth, smoothing_sigma
+
+    gen = torch.Generator().manual_seed(seed)
+    recons = {
+        "model": model.reconstruct(images, noise_seed=seed),
+        "noisy copy": (images + noise * torch.randn(images.shape, generator=gen)).clamp(0, 1),
+    }
+    out = {}
+    inside = masks.expand_as(images) > 0
+    for name, recon in recons.items():
+        maps, scores = model.anomaly_maps(images, recon)
+        error = (recon - images).abs()
+        row = {
+            "image_auroc": image_auroc(labels, scores),
+            "pixel_auroc": pixel_auroc(masks, maps),
+            "defect_error": float(error[inside].mean()) if inside.any() else float("nan"),
+            "normal_error": float(error[~inside].mean()),
+        }
+        out[name] = row
+        if name == "model":
+            l1 = (images - recon).abs().mean(dim=1, keepdim=True)
+            l1 = gaussian_smooth(l1, smoothing_sigma(images.shape[-2]))
+            out["model, pixel L1"] = {
+                **row,
+                "image_auroc": image_auroc(labels, l1.flatten(1).amax(dim=1)),
+                "pixel_auroc": pixel_auroc(masks, l1),
+            }
+    return {name: out[name] for name in ("model", "model, pixel L1", "noisy copy")}

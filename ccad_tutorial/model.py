@@ -87,7 +87,8 @@ def build_guidance(
         return None
     n_levels = int(math.log2(factor)) + 1
     embed_channels = (16, 32, 96, 256)[:n_levels]
-    return ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=embed_channels)
+    copy = ControlNetModel.from_unet
+    return copy(unet, conditioning_embedding_out_channels=embed_channels)
 
 
 def build_scorer(cfg: CCADConfig, mode: str | None = None) -> AnomalyScorer:
@@ -217,7 +218,10 @@ class CCAD(nn.Module):
 
     @torch.no_grad()
     def encode(self, images: Tensor) -> Tensor:
-        """images (B, 3, H, W) in [0, 1] -> x0 (B, C, H/f, W/f): scaled latent or [-1, 1] pixels."""
+        """images (B, 3, H, W) in [0, 1] -> x0 (B, C, H/f, W/f).
+
+        x0 is the scaled latent (C, F, uncond) or the pixels in [-1, 1] (V).
+        """
         x = images * 2 - 1
         if self.vae is None:
             return x
@@ -283,7 +287,10 @@ class CCAD(nn.Module):
         return self.condition(tokens)
 
     def condition(self, tokens: Tensor) -> Tensor:
-        """Bank vectors (B, M, D) -> context (B, T, ctx_dim): the FCM (F) or LayerNorm + Linear (C)."""
+        """Bank vectors (B, M, D) -> context (B, T, ctx_dim).
+
+        Variant F reads the bank with the FCM, C projects each vector (LayerNorm + Linear).
+        """
         return self.fcm(tokens) if self.cfg.variant == "F" else self.proj(tokens)
 
     def null_context(self, batch_size: int, length: int = 1) -> Tensor:
@@ -341,17 +348,33 @@ class CCAD(nn.Module):
         return None if self.extractor is None else self.extractor(images)
 
     # ------------------------------------------------------------------ denoiser
-    def predict_noise(self, x_t: Tensor, t: Tensor, ctx: Tensor, control: Tensor | None) -> Tensor:
-        """eps_hat (B, C, h, w) for x_t (B, C, h, w) at timesteps t (B,), guided by control (B, 3, H, W)."""
+    def predict_noise(
+        self,
+        x_t: Tensor,
+        t: Tensor,
+        ctx: Tensor,
+        control: Tensor | None,
+    ) -> Tensor:
+        """eps_hat (B, C, h, w) for x_t (B, C, h, w) at timesteps t (B,).
+
+        ``control`` (B, 3, H, W): the clean images for the semantic-guidance copy, if any.
+        """
         extra = {}
         if self.controlnet is not None:
             down, mid = self.controlnet(
-                x_t, t, encoder_hidden_states=ctx, controlnet_cond=control, return_dict=False
+                x_t,
+                t,
+                encoder_hidden_states=ctx,
+                controlnet_cond=control,
+                return_dict=False,
             )
             if self.cfg.guidance == "bottleneck":  # keep only the lowest level (DiAD's SG)
                 lowest = min(r.shape[-1] for r in down)
                 down = [r if r.shape[-1] == lowest else torch.zeros_like(r) for r in down]
-            extra = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+            extra = {
+                "down_block_additional_residuals": down,
+                "mid_block_additional_residual": mid,
+            }
         return self.unet(x_t, t, encoder_hidden_states=ctx, **extra).sample
 
     def guided_noise(self, x_t: Tensor, t: Tensor, ctx: Tensor, control: Tensor | None) -> Tensor:
@@ -378,12 +401,13 @@ class CCAD(nn.Module):
         labels: Tensor | None = None,
         per_image: bool = False,
     ) -> Tensor:
-        """Epsilon-prediction MSE for clean x0 (B, C, h, w); control: the clean images (B, 3, H, W).
+        """Epsilon-prediction MSE for clean x0 (B, C, h, w).
 
-        ``query`` (B, D): global features of the source images (bank_mode "retrieved" and
-        "category"); ``labels`` (B,): their categories (bank_mode="category"). In training
-        mode a fraction ``cond_dropout`` of the images gets the null token instead of its
-        condition (drawn from ``generator`` too). ``per_image``: the (B,) losses, not their mean.
+        ``control`` (B, 3, H, W): the clean images (semantic guidance); ``query`` (B, D):
+        global features of the source images (bank_mode "retrieved" and "category");
+        ``labels`` (B,): their categories (bank_mode="category"). In training mode a
+        fraction ``cond_dropout`` of the images gets the null token instead of its
+        condition (drawn from ``generator`` too). ``per_image``: the (B,) losses.
         """
         b = x0.shape[0]
         t_max = self.cfg.train_t_max or self.cfg.num_train_timesteps
@@ -392,7 +416,8 @@ class CCAD(nn.Module):
         x_t = self.noise_scheduler.add_noise(x0, noise, t)
         ctx = self.context(b, bank, query, labels)
         if self.training and self.cfg.cond_dropout > 0 and self.cfg.variant != "uncond":
-            drop = (torch.rand(b, generator=generator) < self.cfg.cond_dropout).to(x0.device)
+            drop = torch.rand(b, generator=generator) < self.cfg.cond_dropout
+            drop = drop.to(x0.device)
             ctx = torch.where(drop[:, None, None], self.null_context(b, ctx.shape[1]), ctx)
         eps_hat = self.predict_noise(x_t, t, ctx, control)
         losses = (eps_hat.float() - noise.float()).pow(2).flatten(1).mean(1)
@@ -402,11 +427,14 @@ class CCAD(nn.Module):
     def ddim(
         self, t_start: int | None = None, steps: int | None = None
     ) -> tuple[DDIMScheduler, Tensor]:
-        """A DDIM scheduler and its timesteps, starting exactly at ``t_start`` (cfg's default).
+        """A DDIM scheduler and its timesteps, starting exactly at ``t_start``.
+
+        ``t_start`` and ``steps`` default to cfg's.
 
         diffusers' DDIMScheduler steps from t to t - 1000 // num_inference_steps; we pick
         num_inference_steps so that ``steps`` (cfg.ddim_steps) strides cover t_start -> 0.
-        The input is noised to the FIRST timestep (DiAD noises to 999 but starts DDIM at 901).
+        The input is noised to the FIRST timestep (DiAD noises to 999 but starts DDIM
+        at 901).
         The x0 estimate is clipped to [-1, 1] only where that is the data's range (pixels).
         """
         cfg = self.cfg
@@ -418,7 +446,8 @@ class CCAD(nn.Module):
         )
         stride = max(1, math.ceil(t_start / steps))
         sched.set_timesteps(cfg.num_train_timesteps // stride)
-        stride = cfg.num_train_timesteps // sched.num_inference_steps  # what step() will use
+        # the stride step() will use
+        stride = cfg.num_train_timesteps // sched.num_inference_steps
         timesteps = torch.arange(t_start, 0, -stride)[:steps]
         sched.timesteps = timesteps
         return sched, timesteps
@@ -426,7 +455,7 @@ class CCAD(nn.Module):
     def denoise(
         self, x: Tensor, sched: DDIMScheduler, timesteps: Tensor, ctx: Tensor, control
     ) -> Tensor:
-        """DDIM from x at timesteps[0] down to x0 (B, C, h, w), guided as ``guided_noise``."""
+        """DDIM from x at timesteps[0] down to x0 (B, C, h, w), as ``guided_noise``."""
         for t in timesteps:
             eps = self.guided_noise(x, t.expand(x.shape[0]).to(x.device), ctx, control)
             x = sched.step(eps, int(t), x, eta=self.cfg.eta).prev_sample
@@ -441,7 +470,9 @@ class CCAD(nn.Module):
         bank: Tensor | None = None,
         progress: bool = False,
     ) -> Tensor:
-        """Repaint images (B, 3, H, W) in [0, 1] as normal: encode, noise to t_start, DDIM, decode.
+        """Repaint images (B, 3, H, W) in [0, 1] as normal.
+
+        Encode, noise to t_start, DDIM down to 0 conditioned on the bank, decode.
 
         The noise comes from ``noise_seed`` (fixed at evaluation) and does not depend on
         batch_size. Guided by ``cfg.guidance_scale`` (see ``guided_noise``). Returns
@@ -452,11 +483,13 @@ class CCAD(nn.Module):
         device = self.bank.device
         sched, timesteps = self.ddim()
         out = []
-        for first in tqdm(range(0, len(images), batch_size), disable=not progress, leave=False):
+        starts = range(0, len(images), batch_size)
+        for first in tqdm(starts, disable=not progress, leave=False):
             chunk = images[first : first + batch_size].to(device)
             x0 = self.encode(chunk)
             noise = image_noise(x0.shape, noise_seed, first).to(x0)
-            x = sched.add_noise(x0, noise, timesteps[:1])  # noise to the FIRST DDIM timestep
+            # noise to the FIRST DDIM timestep
+            x = sched.add_noise(x0, noise, timesteps[:1])
             ctx = self.context(x.shape[0], bank, self.global_features(chunk))
             out.append(self.decode(self.denoise(x, sched, timesteps, ctx, chunk)).cpu())
         return torch.cat(out)

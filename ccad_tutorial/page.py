@@ -63,27 +63,51 @@ def _cell(value: Any, digits: int) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]], digits: int = 3) -> str:
-    """A pipe table (floats at ``digits`` decimals); the book renders it as a real table."""
+def markdown_table(
+    header: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    digits: int = 3,
+) -> str:
+    """A pipe table, floats at ``digits`` decimals (the book renders it as a table)."""
     for i, row in enumerate(rows):
         if len(row) != len(header):
-            raise ValueError(f"row {i} has {len(row)} cells, the header {len(header)}: {row!r}")
+            cells = f"row {i} has {len(row)} cells"
+            raise ValueError(f"{cells}, the header {len(header)}: {row!r}")
     lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(_cell(v, digits) for v in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
-def show_table(header: Sequence[str], rows: Sequence[Sequence[Any]], digits: int = 3) -> None:
+def show_table(
+    header: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    digits: int = 3,
+) -> None:
     """Display :func:`markdown_table` (a table in the book and in Jupyter)."""
     display(Markdown(markdown_table(header, rows, digits)))
 
 
+CODE_COLUMN = 88  # characters of code the book's column shows without scrolling
+
+
 def show_code(*objects: Any) -> None:
     """Display the source of functions, methods or classes of the package, highlighted:
-    the code the chapter explains is the code the tests run."""
+    the code the chapter explains is the code the tests run.
+
+    Raises ValueError if a line (indentation of a method removed) is wider than
+    ``CODE_COLUMN``: the book would cut it off, so the package's code is kept narrower.
+    """
     for obj in objects:
-        source = inspect.getsource(obj)
-        lines = source.splitlines()
+        lines = inspect.getsource(obj).splitlines()
         indent = min(len(line) - len(line.lstrip()) for line in lines if line.strip())
-        source = "\n".join(line[indent:] for line in lines)
+        lines = [line[indent:] for line in lines]
+        wide = [(i, line) for i, line in enumerate(lines, 1) if len(line) > CODE_COLUMN]
+        if wide:
+            i, line = wide[0]
+            where = f"{inspect.getsourcefile(obj)}, {obj.__qualname__}"
+            raise ValueError(
+                f"{where}: line {i} of the shown code is {len(line)} characters, wider "
+                f"than the book's column ({CODE_COLUMN}); rewrap it: {line.strip()[:60]}"
+            )
+        source = "\n".join(lines)
         display(Markdown(f"```python\n{source}\n```"))

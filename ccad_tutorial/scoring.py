@@ -95,8 +95,9 @@ class AnomalyScorer(nn.Module):
         """inputs, recons (B, 3, H, W) in [0, 1] -> smoothed anomaly maps (B, 1, H, W)."""
         if inputs.shape != recons.shape or inputs.dim() != 4 or inputs.shape[1] != 3:
             raise ValueError(
-                "AnomalyScorer expects inputs and reconstructions of the same shape (B, 3, H, W), "
-                f"got {tuple(inputs.shape)} and {tuple(recons.shape)}; decode latents to images first."
+                "AnomalyScorer expects inputs and reconstructions of the same shape "
+                f"(B, 3, H, W), got {tuple(inputs.shape)} and {tuple(recons.shape)}; "
+                "decode latents to images first."
             )
         if self.mode == "l1":
             maps = (inputs - recons).abs().mean(dim=1, keepdim=True)
@@ -110,7 +111,10 @@ class AnomalyScorer(nn.Module):
         return maps.flatten(1).amax(dim=1)
 
     def _feature_distance(self, inputs: Tensor, recons: Tensor) -> Tensor:
-        """Sum over layers of upsampled 1 - cosine similarity: (B, 3, H, W) x2 -> (B, 1, H, W)."""
+        """Sum over layers of upsampled 1 - cosine similarity.
+
+        inputs, recons (B, 3, H, W) -> maps (B, 1, H, W).
+        """
         both = self.extractor.normalize(torch.cat([inputs, recons]))  # one pass for both
         maps = torch.zeros_like(inputs[:, :1])
         for f in self.extractor.backbone(both):  # f: (2B, C_l, h_l, w_l)

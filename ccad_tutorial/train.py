@@ -91,11 +91,12 @@ def build_bank(
 
 
 def train_vae(train_images: torch.Tensor, cfg: CCADConfig, progress: bool = True):
-    """Stage 1 of the tiny preset: fit a small AutoencoderKL to the normals (L1 + small KL).
+    """Stage 1 of the tiny preset: fit a small AutoencoderKL to the normals.
 
-    SD ships a pretrained VAE; a random decoder reconstructs nothing, so ours learns first
-    and is frozen afterwards. Also sets ``cfg.scaling_factor`` = 1 / std of the latents
-    (SD's 0.18215 was found the same way). Returns the VAE.
+    The loss is L1 + a small KL term. SD ships a pretrained VAE; a random decoder
+    reconstructs nothing, so ours learns first and is frozen afterwards. Also sets
+    ``cfg.scaling_factor`` = 1 / std of the latents (SD's 0.18215 was found the same
+    way). Returns the VAE.
     """
     vae = build_vae(cfg)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr)
@@ -169,20 +170,22 @@ def fit(
 ) -> dict:
     """Train ``model`` on normal images (N, 3, H, W) in [0, 1] up to ``cfg.steps``.
 
-    Checkpoints every ``cfg.checkpoint_every`` steps and at the end. Step s draws its crops,
-    flips, timesteps and noise from a generator seeded by (seed, s): resuming reproduces the
-    uninterrupted run exactly. Returns {"steps", "last_loss", "train_s", "ms_per_step"}.
+    Checkpoints every ``cfg.checkpoint_every`` steps and at the end. Step s draws its
+    crops, flips, timesteps and noise from a generator seeded by (seed, s): resuming
+    reproduces the uninterrupted run exactly.
+    Returns {"steps", "last_loss", "train_s", "ms_per_step"}.
     """
     cfg, device = model.cfg, model.bank.device
     data = TrainingData(model, images)
-    # foreach=False on CPU: the fused update's temporaries took sd15 past 22 GB (16 GB without)
+    # foreach=False on CPU: the fused update's temporaries raise sd15's peak memory
     opt = torch.optim.AdamW(
         model.trainable_parameters(),
         cfg.lr,
         weight_decay=cfg.weight_decay,
         foreach=device.type == "cuda",
     )
-    ema = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    ema = {n: p.detach().clone() for n, p in trained}
     log, elapsed, last_saved = read_loss_log(out, start_step), 0.0, start_step
     if state is not None:
         opt.load_state_dict(state["optimizer"])
@@ -193,7 +196,7 @@ def fit(
     model.train()
     model.freeze()  # frozen parts go back to eval mode
     steps = range(start_step, cfg.steps)
-    bar = tqdm(steps, desc="train", disable=not progress, initial=start_step, total=cfg.steps)
+    bar = tqdm(steps, "train", cfg.steps, disable=not progress, initial=start_step)
     for step in bar:
         t0 = time.perf_counter()
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
@@ -201,16 +204,18 @@ def fit(
         loss = 0.0
         for micro in range(cfg.grad_accum):  # gradient accumulation
             x0, control, query, labels = data.batch(step * cfg.grad_accum + micro, gen)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            amp = amp_dtype is not None
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
                 micro_loss = model.loss(x0, control, gen, query=query, labels=labels)
                 micro_loss = micro_loss / cfg.grad_accum
             scaler.scale(micro_loss).backward()
             loss += micro_loss.item()
         if not math.isfinite(loss):  # stop before the bad gradients touch the weights
             raise TrainingDiverged(
-                f"The loss became {loss} at step {step + 1}; training stopped. The last good "
-                f"checkpoint in {out} (step {last_saved}) is kept. Lower the learning rate (lr) "
-                "or use mixed_precision='no', then continue with --resume."
+                f"The loss became {loss} at step {step + 1}; training stopped. The "
+                f"last good checkpoint in {out} (step {last_saved}) is kept. Lower the "
+                "learning rate (lr) or use mixed_precision='no', then continue with "
+                "--resume."
             )
         scaler.step(opt)
         scaler.update()
@@ -225,7 +230,8 @@ def fit(
                 "optimizer": opt.state_dict(),
                 "rng_cpu": torch.get_rng_state(),
             }
-            trainer.update(elapsed_s=elapsed, ema=ema if cfg.ema_decay is not None else {})
+            kept = ema if cfg.ema_decay is not None else {}
+            trainer.update(elapsed_s=elapsed, ema=kept)
             save_checkpoint(out, model, trainer, log)
             last_saved = step + 1
     model.eval()

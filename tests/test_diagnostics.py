@@ -48,3 +48,34 @@ def test_condition_swap_without_controls_evaluates_only_the_banks_asked_for(mini
     results = condition_swap(model, test, {"other": torch.randn_like(model.bank)}, controls=False)
     assert list(results) == ["real", "other"]
     assert results["other"]["recon_change"] > 0
+
+
+class _RepaintsDefects:
+    """A stand-in model: repaints the masked region with grey, scores by pixel difference."""
+
+    def __init__(self, masks):
+        self.masks = masks
+
+    def reconstruct(self, images, noise_seed=0):
+        return torch.where(self.masks.expand_as(images) > 0, torch.full_like(images, 0.5), images)
+
+    def anomaly_maps(self, images, recons):
+        maps = (images - recons).abs().mean(dim=1, keepdim=True)
+        return maps, maps.flatten(1).amax(dim=1)
+
+
+def test_map_check_separates_the_model_from_the_map():
+    from ccad_tutorial.diagnostics import map_check
+
+    gen = torch.Generator().manual_seed(0)
+    images = torch.rand(8, 3, 16, 16, generator=gen) * 0.2  # dark, so grey repaint is visible
+    masks = torch.zeros(8, 1, 16, 16)
+    masks[4:, :, 4:8, 4:8] = 1
+    labels = torch.tensor([0] * 4 + [1] * 4)
+    check = map_check(_RepaintsDefects(masks), images, labels, masks, noise=0.1)
+    assert list(check) == ["model", "model, pixel L1", "noisy copy"]
+    for name in ("model", "model, pixel L1"):  # a model that repaints the defect: found
+        assert check[name]["pixel_auroc"] > 0.95 and check[name]["image_auroc"] == 1.0
+    assert check["model"]["defect_error"] > 0.2 > check["model"]["normal_error"] == 0.0
+    # a noisy copy changes every pixel alike: no better than chance at finding the defect
+    assert abs(check["noisy copy"]["pixel_auroc"] - 0.5) < 0.1

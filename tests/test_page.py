@@ -40,3 +40,13 @@ def test_show_code_displays_the_dedented_source(monkeypatch):
     page.show_code(page.markdown_table)
     assert shown[0].startswith("```python\ndef markdown_table(")
     assert shown[0].rstrip().endswith("```")
+
+
+def _too_wide():
+    return "x" * 100  # a line the book's column cannot hold, even once the indentation is gone
+
+
+def test_show_code_refuses_code_wider_than_the_column(monkeypatch):
+    monkeypatch.setattr(page, "display", lambda obj: None)
+    with pytest.raises(ValueError, match=r"_too_wide: line 2 of the shown code is \d+ char"):
+        page.show_code(_too_wide)
