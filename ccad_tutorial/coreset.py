@@ -237,21 +237,25 @@ def _farthest_first(
 ) -> None:
     """The greedy loop; fills ``indices`` (M,) and ``sq_radii`` (M,) in place.
 
-    table: (k + 2, N) columns [x, ||x||^2, 1]; idx: (1,) the start point, already in
-    indices[0]; min_sq: (N,) squared distance of every point to the chosen set (+inf).
+    table: (k + 2, N) columns [x, ||x||^2, 1]; idx: (1,) the start point, already
+    in indices[0]; min_sq: (N,) squared distance of every point to the chosen set
+    (+inf at first).
     """
     k, m = table.shape[0] - 2, indices.shape[0]
-    query = torch.ones(k + 2, dtype=table.dtype, device=table.device)  # [-2c, 1, ||c||^2]
-    sq_dist = torch.empty_like(min_sq)  # (N,) squared distance to the newest centre
+    # query = [-2c, 1, ||c||^2] for the newest centre c
+    query = torch.ones(k + 2, dtype=table.dtype, device=table.device)
+    sq_dist = torch.empty_like(min_sq)  # (N,) to the newest centre, squared
     for step in range(m):
-        column = table.index_select(1, idx).squeeze(1)  # (k + 2,) = [c, ||c||^2, 1]
+        column = table.index_select(1, idx).squeeze(1)  # [c, ||c||^2, 1]
         torch.mul(column[:k], -2.0, out=query[:k])
         query[k + 1 :] = column[k : k + 1]
-        torch.mv(table.T, query, out=sq_dist)  # the one streaming pass (BLAS gemv)
+        torch.mv(table.T, query, out=sq_dist)  # one streaming pass (gemv)
         torch.minimum(min_sq, sq_dist, out=min_sq)
-        min_sq.index_fill_(0, idx, -math.inf)  # chosen points can never be chosen again
-        idx = torch.argmax(min_sq, dim=0, keepdim=True)  # farthest point from the chosen set
-        sq_radii[step : step + 1] = min_sq[idx]  # its distance = covering radius of step+1 centres
+        min_sq.index_fill_(0, idx, -math.inf)  # never chosen again
+        # the farthest point from the chosen set; its distance is the covering
+        # radius of the step + 1 centres chosen so far
+        idx = torch.argmax(min_sq, dim=0, keepdim=True)
+        sq_radii[step : step + 1] = min_sq[idx]
         if step + 1 < m:
             indices[step + 1 : step + 2] = idx
 

@@ -367,8 +367,9 @@ class DatasetReport:
             "totals": self.totals(),
         }
 
-    def format(self) -> str:
-        """A readable, aligned table: one row per category, then the totals."""
+    def table(self) -> tuple[list[str], list[list]]:
+        """(header, rows): one row per category (counts, image size, defect types), then
+        the totals; what :meth:`format` aligns and a chapter shows as a table."""
         header = ["category", "train good", "test good", "test defect", "masks", "image size"]
         rows = [
             [c.name, c.train_good, c.test_good, c.test_defect, c.masks, _sizes_text(c)]
@@ -376,13 +377,24 @@ class DatasetReport:
             for c in self.categories
         ]
         t = self.totals()
-        rows.append(["total", t["train_good"], t["test_good"], t["test_defect"], t["masks"], ""])
+        rows.append(
+            ["total", t["train_good"], t["test_good"], t["test_defect"], t["masks"], "", ""]
+        )
+        return header + ["defect types (test images)"], rows
+
+    def summary(self) -> str:
+        """One sentence: the root, its layout, and what the check verified."""
         n = len(self.categories)
-        title = (
+        return (
             f"{self.root} ({self.layout} layout): {n} categor{'y' if n == 1 else 'ies'}, "
             "every image and mask readable, every mask the size of its image."
         )
-        return title + "\n" + _table(header + ["defect types (test images)"], rows)
+
+    def format(self) -> str:
+        """A readable, aligned table: one row per category, then the totals."""
+        header, rows = self.table()
+        rows[-1] = rows[-1][:-1]  # the totals have no defect types
+        return self.summary() + "\n" + _table(header, rows)
 
 
 def _sizes_text(report: CategoryReport) -> str:

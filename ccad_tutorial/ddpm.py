@@ -130,14 +130,19 @@ def random_crops(images: Tensor, n: int, size: int, generator: torch.Generator) 
 
 
 def diffusion_loss(
-    unet: UNet2DModel, scheduler: DDPMScheduler, x0: Tensor, generator: torch.Generator
+    unet: UNet2DModel,
+    scheduler: DDPMScheduler,
+    x0: Tensor,
+    generator: torch.Generator,
 ) -> Tensor:
-    """The simple DDPM loss ||eps - eps_theta(x_t, t)||^2 for clean x0 (B, 3, H, W) in [-1, 1].
+    """The simple DDPM loss ||eps - eps_theta(x_t, t)||^2 for clean x0 (B, 3, H, W)
+    in [-1, 1].
 
-    One uniform t ~ U{0, T-1} and one eps ~ N(0, I) per image; x_t from ``add_noise``.
-    Returns the scalar mean squared error.
+    One uniform t ~ U{0, T-1} and one eps ~ N(0, I) per image; x_t from
+    ``add_noise``. Returns the scalar mean squared error.
     """
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (len(x0),), generator=generator)
+    T = scheduler.config.num_train_timesteps
+    t = torch.randint(0, T, (len(x0),), generator=generator)
     noise = torch.randn(x0.shape, generator=generator)
     t, noise = t.to(x0.device), noise.to(x0)
     x_t = scheduler.add_noise(x0, noise, t)
@@ -195,12 +200,13 @@ def loss_per_timestep(
 def ddim_timesteps(
     scheduler: DDPMScheduler, t_start: int, n_steps: int
 ) -> tuple[DDIMScheduler, Tensor]:
-    """A DDIM scheduler and at most ``n_steps`` timesteps t_start, t_start - s, ..., >= 0.
+    """A DDIM scheduler and at most ``n_steps`` timesteps t_start, t_start - s, ...
 
-    diffusers' ``DDIMScheduler.step`` goes from t to t - T // num_inference_steps, so we pick
-    num_inference_steps to give the stride s we want and then set the timesteps ourselves,
-    starting exactly at t_start. The last step lands below 0, where ``set_alpha_to_one``
-    makes alpha-bar 1: the output is the model's estimate of x_0.
+    diffusers' ``DDIMScheduler.step`` goes from t to t - T // num_inference_steps,
+    so we pick num_inference_steps to give the stride s we want and then set the
+    timesteps ourselves, starting exactly at t_start. The last step lands below 0,
+    where ``set_alpha_to_one`` makes alpha-bar 1: the output is the model's
+    estimate of x_0.
     """
     T = scheduler.config.num_train_timesteps
     if not 0 <= t_start < T:
@@ -214,9 +220,14 @@ def ddim_timesteps(
 
 @torch.no_grad()
 def denoise(
-    unet: UNet2DModel, scheduler: DDPMScheduler, x_t: Tensor, t_start: int, n_steps: int = 10
+    unet: UNet2DModel,
+    scheduler: DDPMScheduler,
+    x_t: Tensor,
+    t_start: int,
+    n_steps: int = 10,
 ) -> Tensor:
-    """Run DDIM (eta = 0) from x_t (B, 3, H, W) at timestep t_start down to x_0 (model space)."""
+    """Run DDIM (eta = 0) from x_t (B, 3, H, W) at timestep t_start down to x_0
+    (model space)."""
     ddim, timesteps = ddim_timesteps(scheduler, t_start, n_steps)
     x = x_t
     for t in timesteps:
@@ -235,14 +246,17 @@ def reconstruct(
     n_steps: int = 10,
     seed: int = 0,
 ) -> Tensor:
-    """Noise images (B, 3, H, W) in [0, 1] to t_start, denoise back with DDIM: (B, 3, H, W).
+    """Noise images (B, 3, H, W) in [0, 1] to t_start, denoise back with DDIM:
+    (B, 3, H, W).
 
-    x_{t_start} = sqrt(abar) x_0 + sqrt(1 - abar) eps with eps drawn from ``seed`` (the same
-    eps for every t_start, so reconstructions at different t_start compare).
+    x_{t_start} = sqrt(abar) x_0 + sqrt(1 - abar) eps with eps drawn from ``seed``
+    (the same eps for every t_start, so reconstructions at different t_start
+    compare).
     """
     device = next(unet.parameters()).device
     x0 = to_model(images).to(device)
-    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed)).to(x0)
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.randn(x0.shape, generator=generator).to(x0)
     t = torch.full((len(x0),), t_start, device=device, dtype=torch.long)
     x_t = scheduler.add_noise(x0, noise, t)
     return to_image(denoise(unet, scheduler, x_t, t_start, n_steps)).cpu()
@@ -330,3 +344,45 @@ def masked_mse(recons: Tensor, clean: Tensor, masks: Tensor) -> tuple[float, flo
     err = ((recons - clean) ** 2).mean(1, keepdim=True)  # (B, 1, H, W)
     inside = masks > 0.5
     return float(err[inside].mean()), float(err[~inside].mean())
+
+
+def reconstruction_errors(
+    recons: Tensor, clean: Tensor, defective: Tensor, masks: Tensor
+) -> dict[str, float]:
+    """What a reconstruction of defective images removed, and what it lost.
+
+    recons, clean, defective: (B, 3, H, W) in [0, 1]; masks: (B, 1, H, W) in {0, 1}.
+    Returns ``inside`` / ``outside``: MSE to the defect-free original inside and outside the
+    defects; ``excess``: inside - outside (what is left of the defects); ``contrast``: MSE
+    to the *input* inside over outside (what an anomaly map sees); ``pixel_auroc`` of the
+    plain pixel-L1 map |recon - input|; ``colour_error``: the largest channel difference
+    between the mean colours of the reconstructions and of the originals.
+    """
+    from ccad_tutorial import metrics
+
+    inside, outside = masked_mse(recons, clean, masks)  # against the defect-free original
+    map_inside, map_outside = masked_mse(recons, defective, masks)  # against the input
+    anomaly_map = (recons - defective).abs().mean(1, keepdim=True)  # (B, 1, H, W)
+    colour = (recons.mean((0, 2, 3)) - clean.mean((0, 2, 3))).abs().max()
+    return {
+        "inside": inside,
+        "outside": outside,
+        "excess": inside - outside,
+        "contrast": map_inside / map_outside,
+        "pixel_auroc": metrics.pixel_auroc(masks, anomaly_map),
+        "colour_error": float(colour),
+    }
+
+
+@torch.no_grad()
+def vae_round_trip(vae, images: Tensor, scaling_factor: float = 1.0) -> tuple[Tensor, Tensor]:
+    """Encode images (B, 3, H, W) in [0, 1] with a diffusers ``AutoencoderKL`` and decode.
+
+    As ``CCAD.encode`` / ``CCAD.decode``: the latent is the posterior's mode times
+    ``scaling_factor``, the decoder reads it divided by the same factor. Returns (latents
+    (B, C, H/f, W/f), decoded images (B, 3, H, W) in [0, 1]).
+    """
+    x = to_model(images).to(next(vae.parameters()).device)
+    latents = vae.encode(x).latent_dist.mode() * scaling_factor
+    decoded = vae.decode(latents / scaling_factor).sample
+    return latents.cpu(), to_image(decoded).cpu()

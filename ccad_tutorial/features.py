@@ -198,16 +198,20 @@ class FeatureExtractor(nn.Module):
         return torch.cat([self(batch) for batch in images.split(batch_size)], dim=0)
 
     @torch.no_grad()
-    def calibrate(self, images: torch.Tensor, batch_size: int = 32) -> FeatureExtractor:
-        """Re-estimate every BatchNorm's running mean/var on (N, 3, H, W) training images.
+    def calibrate(
+        self,
+        images: torch.Tensor,
+        batch_size: int = 32,
+    ) -> FeatureExtractor:
+        """Re-estimate every BatchNorm's running mean/var on (N, 3, H, W) images.
 
-        For random-init backbones (pretrained ones already carry ImageNet statistics). Mirrors
-        ``torch.optim.swa_utils.update_bn``: reset the statistics, momentum=None (a cumulative
-        average over batches), forward the images in train mode, back to eval.
+        For random-init backbones (pretrained ones already carry ImageNet
+        statistics). Mirrors ``torch.optim.swa_utils.update_bn``: reset the
+        statistics, momentum=None (a cumulative average over batches), forward
+        the images in train mode, back to eval.
         """
-        norms = [
-            m for m in self.backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-        ]
+        batchnorm = nn.modules.batchnorm._BatchNorm
+        norms = [m for m in self.backbone.modules() if isinstance(m, batchnorm)]
         if not norms:  # e.g. a VAE (GroupNorm only): nothing to re-estimate
             return self
         momenta = [m.momentum for m in norms]
@@ -223,3 +227,29 @@ class FeatureExtractor(nn.Module):
             for norm, momentum in zip(norms, momenta, strict=True):
                 norm.momentum = momentum
         return self
+
+
+def category_separation(features: torch.Tensor, labels: Sequence[str]) -> dict[str, float]:
+    """How well (N, D) global features separate the categories ``labels`` (N,).
+
+    On standardised features (every dimension to zero mean and unit variance):
+    ``silhouette``, sklearn's silhouette score (1: tight, far-apart clusters, 0: mixed),
+    and ``nn_accuracy``, the fraction of images whose nearest other image has their
+    category (leave-one-out 1-nearest-neighbour). On the raw features: ``scale_spread``,
+    the largest per-dimension standard deviation over the smallest, which says how much a
+    few dimensions dominate plain Euclidean distances (what PatchCore and the coreset use).
+    """
+    import numpy as np
+    from sklearn.metrics import silhouette_score
+
+    x = features.detach().double().cpu()
+    std = x.std(0)
+    z = (x - x.mean(0)) / (std + 1e-6)
+    distances = torch.cdist(z, z).fill_diagonal_(float("inf"))
+    names = np.asarray(labels)
+    nearest = names[distances.argmin(1).numpy()]
+    return {
+        "silhouette": float(silhouette_score(z.numpy(), names)),
+        "nn_accuracy": float((nearest == names).mean()),
+        "scale_spread": float(std.max() / std.min().clamp_min(1e-12)),
+    }

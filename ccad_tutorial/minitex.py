@@ -375,15 +375,18 @@ def apply_defect(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Add one defect of ``kind`` (one of DEFECT_TYPES) to a clean image.
 
-    image: (H, W, 3) uint8, not modified.  region: (H, W) bool where the defect may lie (default:
-    everywhere).  category: the image's own category, never used as the cutpaste donor.
-    Returns (defective image (H, W, 3) uint8, mask (H, W) bool): pixels outside the mask are
-    identical to ``image``, pixels inside differ by >= MIN_CHANGE levels in some channel, and
-    the mask covers DEFECT_AREA (1-8 %) of the image (shapes are redrawn until it does).
+    image: (H, W, 3) uint8, not modified.
+    region: (H, W) bool where the defect may lie (default: everywhere).
+    category: the image's own category, never used as the cutpaste donor.
+    Returns (defective image (H, W, 3) uint8, mask (H, W) bool): pixels outside
+    the mask are identical to ``image``, pixels inside differ by >= MIN_CHANGE
+    levels in some channel, and the mask covers DEFECT_AREA (1-8 %) of the
+    image (shapes are redrawn until it does).
     """
     families = {**DEFECTS, **VALIDATION_DEFECTS}
     if kind not in families:
-        raise ValueError(f"Unknown defect type {kind!r}; valid ones are {', '.join(families)}.")
+        valid = ", ".join(families)
+        raise ValueError(f"Unknown defect type {kind!r}; valid ones are {valid}.")
     region = np.ones(image.shape[:2], bool) if region is None else region
     clean = image.astype(np.float64)
     for _ in range(100):
@@ -391,8 +394,9 @@ def apply_defect(
         shape &= region
         if DEFECT_AREA[0] <= shape.mean() <= DEFECT_AREA[1]:
             return _commit(image, candidate, shape), shape
+    low, high = DEFECT_AREA
     raise RuntimeError(
-        f"Could not place a {kind} covering {DEFECT_AREA[0]:.0%}-{DEFECT_AREA[1]:.0%} of the image "
+        f"Could not place a {kind} covering {low:.0%}-{high:.0%} of the image "
         "inside `region` in 100 tries; pass a larger region (or none)."
     )
 
