@@ -2,7 +2,8 @@
 
 ``CCADConfig`` is to CCAD what nanoGPT's ``GPTConfig`` is to GPT: one flat record of every
 number the model and its training need. Fields marked "our reading" are decisions of this
-book, not of the paper (see the brief); the book switches them to measure their effect.
+book, not of the paper (the reading page lists them); the book switches them to measure
+their effect.
 
 Presets:
 

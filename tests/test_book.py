@@ -54,6 +54,8 @@ PLOTLY_CDN = re.compile(r"^https://cdn\.plot\.ly/plotly-(?P<version>[\w.-]+?)\.m
 BUILD_TIMEOUT_S = 600
 EXECUTE_TIMEOUT_S = 900  # one chapter, when its executed copy is missing
 FIGURE_TIMEOUT_MS = 20_000  # how long plotly may take to draw every figure of a page
+VIEWPORT = {"width": 1280, "height": 900}  # a laptop window: the narrowest the checks allow
+MAX_ASPECT = 4.0  # a figure wider than 4:1 shrinks to unreadable text in the book's column
 # Known upstream errors, each matched exactly and only here. Sphinx 7.4 (Jupyter Book 1 pins
 # sphinx~=7.0) writes every inline script that an extension adds after the builder starts
 # twice; sphinx-thebe's `const THEBE_JS_URL = ...` then throws on its second copy (harmless:
@@ -169,6 +171,8 @@ def book(request, tmp_path_factory):
             _strip_injected_parameters(copy, target)
         elif original.exists():  # keep the book buildable: its page is failed below
             shutil.copy(original, target)
+    if (ROOT / "_static").is_dir():  # the book's CSS
+        shutil.copytree(ROOT / "_static", src / "_static")
     shutil.copy(ROOT / "_toc.yml", src / "_toc.yml")
     config = yaml.safe_load((ROOT / "_config.yml").read_text())
     config.setdefault("execute", {})["execute_notebooks"] = "off"
@@ -304,7 +308,19 @@ FIGURES_JS = """
     id: div.id, drawn: !!div.querySelector('svg.main-svg'),
   }));
   const outputs = [...article.querySelectorAll('.cell_output')].map(o => o.innerText);
-  return {images, plots, outputs};
+  // Markdown shown as text: a pipe table, a heading or a list marker at the start of a
+  // paragraph is what a cell's Markdown looks like when it was not parsed.
+  const raw = [...article.querySelectorAll('p')].map(p => p.innerText.trim())
+    .filter(text => /^(\\| |#{1,6} |[-*+] \\S|\\d+\\. \\S)/.test(text))
+    .map(text => text.slice(0, 100));
+  const shapes = [...article.querySelectorAll('img')].filter(img => img.naturalHeight > 0)
+    .map(img => ({src: (img.currentSrc || img.src).slice(-60), width: img.naturalWidth,
+                  height: img.naturalHeight}));
+  // code cells whose lines do not fit the column (the reader would have to scroll)
+  const cut = [...article.querySelectorAll('div.cell_input pre')]
+    .filter(pre => pre.scrollWidth > pre.clientWidth + 1)
+    .map(pre => pre.innerText.split('\\n').reduce((a, b) => (b.length > a.length ? b : a)));
+  return {images, plots, outputs, raw, shapes, cut};
 }
 """
 PLOTS_DRAWN_JS = """
@@ -319,7 +335,7 @@ def test_page_shows_its_figures_without_javascript_errors(page, book, server, br
     html, failures = book
     if failures.get(page):
         pytest.fail(failures[page])
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context = browser.new_context(viewport=VIEWPORT)
     try:
         tab = context.new_page()
         log = PageLog(tab, server)
@@ -354,6 +370,20 @@ def test_page_shows_its_figures_without_javascript_errors(page, book, server, br
     assert not undrawn, (
         f"{page}: plotly figures not drawn within {FIGURE_TIMEOUT_MS} ms: {undrawn} "
         f"(plotly.js served {log.served_plotly} times; blocked: {summary['blocked']})"
+    )
+    assert not found["raw"], (
+        f"{page} shows Markdown as text (a table, heading or list that was not parsed): "
+        f"{found['raw']}"
+    )
+    assert not found["cut"], (
+        f"{page}: code cells wider than the column at {VIEWPORT['width']} px (keep notebook "
+        f"lines within 88 characters): {[line[:90] for line in found['cut']]}"
+    )
+    strips = [f"{i['width']}x{i['height']} ({i['src']})" for i in found["shapes"]
+              if i["width"] > MAX_ASPECT * i["height"]]  # fmt: skip
+    assert not strips, (
+        f"{page}: figures wider than {MAX_ASPECT}:1 are unreadable in the column; lay "
+        f"their panels out in a grid: {strips}"
     )
     assert not lost, (
         f"{page} shows matplotlib's text instead of figures: {lost}. The kernel drew with a "

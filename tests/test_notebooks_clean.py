@@ -62,3 +62,69 @@ def test_every_chapter_is_in_the_table_of_contents_and_urls_agree():
         text = path.read_text()
         assert repo in text, f"{path.name}: install cell must use {repo}"
         assert repo.replace("https://github.com/", "github/") in text, "Colab badge URL"
+
+
+MAX_LINE = 88  # the book's code column: longer lines are cut off in the HTML
+MAX_CELL_LINES = 30  # a visible cell reads at a glance; longer logic belongs in the package
+PRIVATE_WORDS = re.compile(r"\b(brief|first prototype|prototype measured)\b", re.I)
+
+
+def _visible_code_cells(path: Path):
+    for cell in load(path)["cells"]:
+        tags = set(cell["metadata"].get("tags", []))
+        if cell["cell_type"] == "code" and not {"remove-cell", "remove-input"} & tags:
+            yield "".join(cell["source"])
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_chapter_code_fits_the_column(path):
+    long_lines, long_cells = [], []
+    for source in _visible_code_cells(path):
+        lines = source.splitlines()
+        long_lines += [line for line in lines if len(line) > MAX_LINE]
+        if len(lines) > MAX_CELL_LINES:
+            long_cells.append(f"{lines[0][:60]}... ({len(lines)} lines)")
+    assert not long_lines, (
+        f"{path.name}: {len(long_lines)} code lines over {MAX_LINE} characters (cut off in the "
+        "book): " + " / ".join(line[:70] for line in long_lines[:5])
+    )
+    assert not long_cells, (
+        f"{path.name}: cells over {MAX_CELL_LINES} lines (move the logic into the package): "
+        f"{long_cells}"
+    )
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_chapter_speaks_to_its_reader_only(path):
+    """The reader has the book and the package: no internal documents named."""
+    text = "".join("".join(c["source"]) for c in load(path)["cells"])
+    assert not PRIVATE_WORDS.search(text), PRIVATE_WORDS.search(text).group(0)
+
+
+# Numbers of the literature a chapter may type: the paper's and DiAD's MVTec-AD results and
+# Stable Diffusion's latent scaling factor. Any other number with three or more decimals in
+# the prose is a measurement, and a measurement is glued from the cell that made it.
+LITERATURE = {"0.962", "0.966", "0.972", "0.968", "0.907", "0.18215"}
+MEASURED = re.compile(r"(?<![\w.])\d+\.\d{3,}(?![\w.])")
+
+
+def _prose(cell_source: str) -> str:
+    """Markdown without what cannot be a typed measurement: glue roles, code, math."""
+    text = re.sub(r"\{glue:[a-z]*\}`[^`]*`", " ", cell_source)
+    text = re.sub(r"\$\$.*?\$\$|\$[^$\n]*\$", " ", text, flags=re.S)
+    return re.sub(r"`[^`\n]*`", " ", text)
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_chapter_prose_glues_its_measurements(path):
+    typed = [
+        number
+        for cell in load(path)["cells"]
+        if cell["cell_type"] == "markdown"
+        for number in MEASURED.findall(_prose("".join(cell["source"])))
+        if number not in LITERATURE
+    ]
+    assert not typed, (
+        f"{path.name}: numbers typed into the prose: {typed}. Glue them from the cell that "
+        "computes them (ccad_tutorial.page.glue and {glue:text}`name:.3f`)."
+    )
