@@ -346,6 +346,13 @@ def masked_mse(recons: Tensor, clean: Tensor, masks: Tensor) -> tuple[float, flo
     return float(err[inside].mean()), float(err[~inside].mean())
 
 
+def _ratio(a: float, b: float) -> float:
+    """a / b, inf for a > 0 = b (exact outside the defects), nan for 0 / 0."""
+    if b > 0:
+        return a / b
+    return float("inf") if a > 0 else float("nan")
+
+
 def reconstruction_errors(
     recons: Tensor, clean: Tensor, defective: Tensor, masks: Tensor
 ) -> dict[str, float]:
@@ -368,7 +375,7 @@ def reconstruction_errors(
         "inside": inside,
         "outside": outside,
         "excess": inside - outside,
-        "contrast": map_inside / map_outside,
+        "contrast": _ratio(map_inside, map_outside),
         "pixel_auroc": metrics.pixel_auroc(masks, anomaly_map),
         "colour_error": float(colour),
     }

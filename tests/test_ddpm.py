@@ -1,5 +1,6 @@
 """The small DDPM of chapter 2: schedules, training, DDIM and reconstruction from partial noise."""
 
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -194,3 +195,19 @@ def test_masked_mse_separates_errors_inside_and_outside_the_mask():
     recons = clean + 0.5 * masks + 0.1 * (1 - masks)
     inside, outside = ddpm.masked_mse(recons, clean, masks)
     assert inside == pytest.approx(0.25) and outside == pytest.approx(0.01)
+
+
+def test_reconstruction_errors_reward_a_repaint_and_blame_a_copy():
+    from ccad_tutorial.ddpm import reconstruction_errors
+
+    clean = torch.full((2, 3, 16, 16), 0.5)
+    masks = torch.zeros(2, 1, 16, 16)
+    masks[:, :, 4:8, 4:8] = 1
+    defective = torch.where(masks.bool().expand_as(clean), torch.zeros_like(clean), clean)
+    repaint = reconstruction_errors(clean.clone(), clean, defective, masks)
+    copy = reconstruction_errors(defective.clone(), clean, defective, masks)
+    assert repaint["excess"] == 0.0 and repaint["pixel_auroc"] == 1.0  # defect removed
+    assert copy["excess"] > 0.2 and copy["pixel_auroc"] == 0.5  # defect kept: nothing seen
+    assert repaint["colour_error"] == 0.0 < copy["colour_error"]
+    assert repaint["contrast"] == float("inf")  # exact outside: no division by zero
+    assert math.isnan(copy["contrast"])  # the map is zero everywhere: no contrast at all

@@ -131,3 +131,19 @@ def test_bad_arguments_raise_clear_errors(kwargs, message):
 def test_wrong_image_shape_is_explained():
     with pytest.raises(ValueError, match="\\(B, 3, H, W\\)"):
         FeatureExtractor("resnet18")(torch.rand(2, 1, 32, 32))
+
+
+def test_category_separation_tells_clusters_from_noise_and_sees_scale():
+    from ccad_tutorial.features import category_separation
+
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[5.0, 0.0, 0.0], [0.0, 5.0, 0.0]])
+    x = torch.cat([centres[0] + torch.randn(20, 3, generator=gen) * 0.3,
+                   centres[1] + torch.randn(20, 3, generator=gen) * 0.3])  # fmt: skip
+    labels = ["a"] * 20 + ["b"] * 20
+    apart = category_separation(x, labels)
+    mixed = category_separation(torch.randn(40, 3, generator=gen), labels)
+    assert apart["nn_accuracy"] == 1.0 and apart["silhouette"] > 0.6
+    assert mixed["silhouette"] < 0.2 and mixed["nn_accuracy"] < 0.8
+    scaled = x * torch.tensor([100.0, 1.0, 1.0])  # one dimension dominates raw distances
+    assert category_separation(scaled, labels)["scale_spread"] > 50 * apart["scale_spread"]
