@@ -578,9 +578,12 @@ def verdict_markdown(v: dict, goal: float = 0.9) -> str:
         "5. **The positive control.** From pure noise with one category's bank, the chosen "
         f"model draws that category in {v['generation_accuracy']:.0%} of the samples (mean "
         f"over seeds; chance {v['generation_chance']:.0%}, goal {goal:.0%}): "
-        + ("it reads its bank, well above chance." if v["generation_reads_bank"] else
+        + (f"it reads its bank, well above chance (the bar: {v['generation_bar']:.0%})"
+           if v["generation_reads_bank"] else
            f"not well above chance (the bar: {v['generation_bar']:.0%}), so it cannot be "
-           "shown to read its bank."),
+           "shown to read its bank")
+        + ("; the goal is met." if v["generation_accuracy"] >= goal else
+           f"; the goal of {goal:.0%} is not met."),
     ]  # fmt: skip
     return "\n".join(lines)
 
@@ -721,4 +724,23 @@ def columns_png(
     crop = image[:, max(0, start - margin) : end + margin]
     buffer = io.BytesIO()
     Image.fromarray(np.concatenate([labels, crop], axis=1)).save(buffer, format="png")
+    return buffer.getvalue()
+
+
+def panels_png(
+    image: np.ndarray,
+    panels: Sequence[tuple[int, int]],
+    shown: Sequence[int],
+    margin: int = 3,
+) -> bytes:
+    """PNG bytes: the figure's row labels, then only the panel columns ``shown`` (in that
+    order): a narrower figure whose panels are larger in the book's column."""
+    from PIL import Image
+
+    parts = [image[:, : panels[0][0]]]
+    for i in shown:
+        start, end = panels[i]
+        parts.append(image[:, max(0, start - margin) : end + margin])
+    buffer = io.BytesIO()
+    Image.fromarray(np.concatenate(parts, axis=1)).save(buffer, format="png")
     return buffer.getvalue()

@@ -212,10 +212,11 @@ def show_anomaly_maps(
             else:
                 ax.imshow(masks[j], cmap="gray", vmin=0, vmax=1)
             if j == 0:
-                ax.set_ylabel(row)
+                ax.set_ylabel(row, fontsize=13)  # the figure is shrunk to the column
         if captions:
-            axes[0, j].set_title(captions[j], fontsize=9)
-    fig.suptitle(f"anomaly map colour scale: {vmin:.3g} (blue) to {vmax:.3g} (red)", fontsize=9)
+            axes[0, j].set_title(captions[j], fontsize=12)
+    scale = f"anomaly map colour scale: {vmin:.3g} (blue) to {vmax:.3g} (red)"
+    fig.suptitle(scale, fontsize=14)
     fig.tight_layout()
     return fig
 

@@ -194,6 +194,8 @@ def test_the_five_verdict_quantities_of_a_known_result():
     assert out["generation_bar"] == 0.75 and not out["generation_reads_bank"]
     text = v.verdict_markdown(out)
     assert "does not beat" in text and "not above 0.5 on every category: b" in text
+    assert "not well above chance (the bar: 75%)" in text and "goal of 90% is not met" in text
+    assert "the goal is met" in v.verdict_markdown(out, goal=0.7)
 
 
 def test_unified_rows_below_the_control_are_named():
@@ -255,3 +257,11 @@ def test_columns_png_keeps_the_labels_and_the_chosen_panels():
     assert crop.shape == (20, 10 + (61 - 27), 3)
     assert (crop[:, :10] == image[:, :10]).all()
     assert (crop[:, 10:] == image[:, 27:61]).all()
+
+
+def test_panels_png_keeps_the_labels_and_only_the_panels_shown():
+    image = _figure()
+    panels = v.panel_columns(image, 3)
+    crop = np.asarray(Image.open(io.BytesIO(v.panels_png(image, panels, [2, 0], margin=0))))
+    assert crop.shape == (20, 10 + 8 + 10, 3)  # labels, panel 2 (50..58), panel 0 (10..20)
+    assert (crop[:, 10:18] == image[:, 50:58]).all() and (crop[:, 18:] == image[:, 10:20]).all()
