@@ -15,9 +15,8 @@ from ccad_tutorial.train import TrainingDiverged, evaluate_run, load_run, train_
 
 
 def run(data, out, steps=4, variant="F", **kw):
-    return train_run(
-        data, "brick", out, variant=variant, steps=steps, progress=False, **{**FAST, **kw}
-    )
+    kw = {"progress": False, **FAST, **kw}
+    return train_run(data, "brick", out, variant=variant, steps=steps, **kw)
 
 
 def same_weights(a, b) -> bool:
@@ -70,7 +69,8 @@ def test_resume_continues_at_the_saved_step_like_an_uninterrupted_run(
 ):
     run(minitex_root, tmp_path / "straight", steps=4)
     run(minitex_root, tmp_path / "split", steps=2)
-    summary = run(minitex_root, tmp_path / "split", steps=4, resume=True)
+    # with progress output on (the CLI's default), the resumed run says so
+    summary = run(minitex_root, tmp_path / "split", steps=4, resume=True, progress=True)
     assert f"Resumed from {tmp_path / 'split'} at step 2" in capsys.readouterr().out
     assert summary["steps"] == 4
     a = load_file(str(tmp_path / "straight" / "model.safetensors"))
