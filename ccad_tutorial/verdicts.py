@@ -77,6 +77,12 @@ def beyond_spread(difference: float, spread: float, factor=2.0) -> bool:
     return bool(difference > factor * spread)
 
 
+def generation_bar(chance: float) -> float:
+    """The positive control's bar for "well above chance": more than half of the samples
+    and more than 0.25 above chance."""
+    return max(0.5, chance + 0.25)
+
+
 def seed_std(values: Sequence[float]) -> float:
     """Sample standard deviation (ddof = 1) of per-seed values; 0 for fewer than two."""
     values = [float(v) for v in values]
@@ -536,7 +542,7 @@ def condition_at_work_verdict(work: dict, within: float = 0.05) -> dict:
     generated = [g for g in work["generation"] if (g["model"], g["w"]) == (chosen, w)]
     v["generation_accuracy"] = float(np.mean([g["accuracy"] for g in generated]))
     v["generation_chance"] = float(generated[0]["chance"])
-    v["generation_bar"] = max(0.5, v["generation_chance"] + 0.25)  # "well above chance"
+    v["generation_bar"] = generation_bar(v["generation_chance"])
     v["generation_reads_bank"] = bool(v["generation_accuracy"] > v["generation_bar"])
     return v
 

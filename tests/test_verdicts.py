@@ -265,3 +265,8 @@ def test_panels_png_keeps_the_labels_and_only_the_panels_shown():
     crop = np.asarray(Image.open(io.BytesIO(v.panels_png(image, panels, [2, 0], margin=0))))
     assert crop.shape == (20, 10 + 8 + 10, 3)  # labels, panel 2 (50..58), panel 0 (10..20)
     assert (crop[:, 10:18] == image[:, 50:58]).all() and (crop[:, 18:] == image[:, 10:20]).all()
+
+
+def test_generation_bar_is_half_or_a_quarter_above_chance():
+    assert v.generation_bar(0.25) == 0.5  # four categories: more than half
+    assert v.generation_bar(0.5) == 0.75  # two categories: a quarter above chance
