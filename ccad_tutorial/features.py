@@ -34,6 +34,10 @@ from torch import nn
 FULL_BACKBONE = "wide_resnet50_2"  # full mode (GPU, pretrained ImageNet weights)
 FAST_BACKBONE = "resnet18"  # fast mode (CPU, random init + calibrate)
 POOLS = ("image", "patch")
+# A folder of local ImageNet checkpoints, one per timm name: <dir>/<name>.safetensors (or
+# .pth / .bin), or the Hugging Face layout <dir>/<name>/model.safetensors. Set it where the
+# machine has no internet; full mode then loads the backbones from there.
+BACKBONE_WEIGHTS_ENV = "CCAD_BACKBONE_WEIGHTS"
 
 
 def flatten_patches(maps: torch.Tensor) -> torch.Tensor:
@@ -66,9 +70,31 @@ def _pretrained_error(name: str, error: Exception) -> FileNotFoundError:
         f"({type(error).__name__}: {str(error)[:200]}). In Colab (with internet) they download "
         "automatically. Offline, either put the timm weights into the Hugging Face cache "
         "(~/.cache/huggingface/hub, copied from a machine that downloaded them; set "
-        "HF_HUB_OFFLINE=1 to skip network retries) or pass weights=<path to a .safetensors file "
-        "or a timm checkpoint>. Fast mode needs no weights: it uses random initialisation "
+        "HF_HUB_OFFLINE=1 to skip network retries), or set $CCAD_BACKBONE_WEIGHTS to a folder "
+        f"holding {name}.safetensors, or pass weights=<path to a .safetensors file or a timm "
+        "checkpoint>. Fast mode needs no weights: it uses random initialisation "
         "(pretrained=False) followed by extractor.calibrate(train_images)."
+    )
+
+
+def local_backbone_file(name: str) -> Path | None:
+    """The local checkpoint of timm model ``name`` under ``$CCAD_BACKBONE_WEIGHTS`` (None: unset).
+
+    Raises FileNotFoundError naming the expected files when the folder is set but lacks it.
+    """
+    folder = os.environ.get(BACKBONE_WEIGHTS_ENV)
+    if not folder:
+        return None
+    folder = Path(folder).expanduser()
+    names = [f"{name}.safetensors", f"{name}.pth", f"{name}.bin", f"{name}/model.safetensors"]
+    for candidate in (folder / n for n in names):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"${BACKBONE_WEIGHTS_ENV}={folder} holds no weights for the timm backbone '{name}': "
+        f"expected one of {', '.join(names)} there. Copy the file in (timm's ImageNet weights, "
+        f"e.g. from the Hugging Face repo timm/{name}.tv_in1k), or unset {BACKBONE_WEIGHTS_ENV} "
+        "to download them."
     )
 
 
@@ -83,6 +109,9 @@ def _timm_backbone(
         )
     kwargs = dict(features_only=True, out_indices=tuple(layers), zero_init_last=False)
     if pretrained and weights is None:
+        local = local_backbone_file(name)
+        if local is not None:  # timm's own loading, from a file instead of the hub
+            kwargs["pretrained_cfg_overlay"] = dict(file=str(local))
         try:
             return timm.create_model(name, pretrained=True, **kwargs)
         except Exception as error:  # hub/network errors come in many types
@@ -108,8 +137,9 @@ class FeatureExtractor(nn.Module):
         ``vae=<diffusers AutoencoderKL>``; its latent mean is the feature).
     layers: timm stage indices to read (2, 3 = ResNet layer2 and layer3, strides 8 and 16).
     pool: ``"image"`` -> (B, D) global vectors; ``"patch"`` -> (B, D, h, w) patch vectors.
-    pretrained: ImageNet weights through timm (downloads in Colab); ``weights``: a local
-        .safetensors / checkpoint file instead. Random init otherwise: call ``calibrate``.
+    pretrained: ImageNet weights through timm (downloads in Colab, or read from the folder
+        ``$CCAD_BACKBONE_WEIGHTS``); ``weights``: a local .safetensors / checkpoint file
+        instead. Random init otherwise: call ``calibrate``.
     seed: seed of the random initialisation (the global RNG is left untouched).
     """
 

@@ -35,6 +35,18 @@ def resolve_mode(mode: str = "auto") -> str:
     return mode
 
 
+# SD v1.5 on the Hugging Face Hub. The original runwayml/stable-diffusion-v1-5 was removed in
+# 2024; this is its official mirror (diffusers' docs switched to it).
+SD15_HUB_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+SD_WEIGHTS_ENV = "CCAD_SD_WEIGHTS"  # a local SD-layout folder (unet/, vae/) or a hub id
+
+
+def sd_weights(pretrained: str | os.PathLike | None = None) -> str:
+    """Where full mode reads SD v1.5 from: ``pretrained`` if given, else ``$CCAD_SD_WEIGHTS``,
+    else the hub id (downloaded by diffusers on first use, e.g. in Colab)."""
+    return str(pretrained or os.environ.get(SD_WEIGHTS_ENV) or SD15_HUB_ID)
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     """``"auto"`` -> CUDA if available, else CPU; anything else is passed to ``torch.device``."""
     if device in (None, "auto"):
