@@ -174,6 +174,10 @@ class CCAD(nn.Module):
             beta_schedule="scaled_linear",
         )
         self.freeze()
+        if cfg.gradient_checkpointing:  # recompute activations in backward: less memory
+            for net in (self.unet, self.controlnet):
+                if net is not None:
+                    net.enable_gradient_checkpointing()  # diffusers' own switch
 
     @classmethod
     def from_pretrained(cls, path_or_repo_id: str | Path, cfg: CCADConfig, bank: Tensor) -> CCAD:
@@ -422,6 +426,13 @@ class CCAD(nn.Module):
         eps_hat = self.predict_noise(x_t, t, ctx, control)
         losses = (eps_hat.float() - noise.float()).pow(2).flatten(1).mean(1)
         return losses if per_image else losses.mean()
+
+    def forward(
+        self, x0: Tensor, control: Tensor | None = None, generator=None, **kwargs
+    ) -> Tensor:
+        """The training loss, ``loss(...)``: DistributedDataParallel (``accel``) averages
+        gradients over processes only for what a module computes in ``forward``."""
+        return self.loss(x0, control, generator, **kwargs)
 
     # ------------------------------------------------------------------ reconstruction
     def ddim(

@@ -23,6 +23,7 @@ VARIANTS = ("V", "C", "F", "uncond")
 PRESETS = ("tiny", "sd15")
 GUIDANCE = ("none", "bottleneck", "full")
 BANK_MODES = ("shared", "retrieved", "category")
+MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
 # read by CCAD at inference, so an evaluation may change them on a trained run
 INFERENCE_FIELDS = ("t_start", "ddim_steps", "eta", "clip_sample", "guidance_scale", "tile")
 
@@ -115,6 +116,9 @@ class CCADConfig:
     weight_decay: float = 1e-2
     ema_decay: float | None = None
     mixed_precision: str = "auto"  # "auto" (bf16 on CUDA, none on CPU) | "no" | "bf16" | "fp16"
+    # recompute the UNet's (and guidance copy's) activations in backward instead of storing
+    # them: same loss and gradients, less memory, more time (benchmarks/sd15_step.py)
+    gradient_checkpointing: bool = False
     checkpoint_every: int = 500
     seed: int = 0
     extra: dict = field(default_factory=dict)  # free-form notes (train args, measured times)
@@ -125,6 +129,7 @@ class CCADConfig:
             ("preset", PRESETS),
             ("guidance", GUIDANCE),
             ("bank_mode", BANK_MODES),
+            ("mixed_precision", MIXED_PRECISION),
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(

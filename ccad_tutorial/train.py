@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from ccad_tutorial import accel
 from ccad_tutorial.coreset import CoarseFeatureBank
 from ccad_tutorial.datasets import DataError, list_categories, load_split
 from ccad_tutorial.features import FeatureExtractor
@@ -172,11 +173,10 @@ def fit(
 
     Checkpoints every ``cfg.checkpoint_every`` steps and at the end. Step s draws its
     crops, flips, timesteps and noise from a generator seeded by (seed, s): resuming
-    reproduces the uninterrupted run exactly.
-    Returns {"steps", "last_loss", "train_s", "ms_per_step"}.
+    reproduces the uninterrupted run exactly; under ``accelerate launch`` each process
+    takes its share of every batch (``accel``). Returns {"steps", "last_loss", "train_s", ...}.
     """
-    cfg, device = model.cfg, model.bank.device
-    data = TrainingData(model, images)
+    cfg, device, acc = model.cfg, model.bank.device, accel.make_accelerator()
     # foreach=False on CPU: the fused update's temporaries raise sd15's peak memory
     opt = torch.optim.AdamW(
         model.trainable_parameters(),
@@ -184,32 +184,33 @@ def fit(
         weight_decay=cfg.weight_decay,
         foreach=device.type == "cuda",
     )
-    trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    ema = {n: p.detach().clone() for n, p in trained}
+    ema = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     log, elapsed, last_saved = read_loss_log(out, start_step), 0.0, start_step
     if state is not None:
         opt.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng_cpu"])
         elapsed, ema = float(state["elapsed_s"]), state.get("ema", ema)
-    amp_dtype = autocast_dtype(cfg.mixed_precision, device)
+    amp_dtype = accel.autocast_dtype(cfg.mixed_precision, device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     model.train()
     model.freeze()  # frozen parts go back to eval mode
-    steps = range(start_step, cfg.steps)
-    bar = tqdm(steps, "train", cfg.steps, disable=not progress, initial=start_step)
+    ddp = acc.prepare_model(model)  # DistributedDataParallel with several processes
+    data = TrainingData(model, images, acc.process_index, acc.num_processes)
+    bar = tqdm(range(start_step, cfg.steps), "train", cfg.steps, initial=start_step,
+               disable=not (progress and acc.is_main_process))  # fmt: skip
     for step in bar:
-        t0 = time.perf_counter()
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        t0, gen = time.perf_counter(), accel.step_generator(cfg.seed, step, acc.process_index)
         opt.zero_grad(set_to_none=True)
         loss = 0.0
         for micro in range(cfg.grad_accum):  # gradient accumulation
             x0, control, query, labels = data.batch(step * cfg.grad_accum + micro, gen)
-            amp = amp_dtype is not None
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
-                micro_loss = model.loss(x0, control, gen, query=query, labels=labels)
-                micro_loss = micro_loss / cfg.grad_accum
-            scaler.scale(micro_loss).backward()
+            with accel.sync_gradients(acc, ddp, micro == cfg.grad_accum - 1):
+                with torch.autocast(device.type, amp_dtype, enabled=amp_dtype is not None):
+                    micro_loss = ddp(x0, control, gen, query=query, labels=labels)
+                    micro_loss = micro_loss / cfg.grad_accum  # CCAD.forward is CCAD.loss
+                scaler.scale(micro_loss).backward()
             loss += micro_loss.item()
+        loss = accel.mean_over_processes(acc, loss)
         if not math.isfinite(loss):  # stop before the bad gradients touch the weights
             raise TrainingDiverged(
                 f"The loss became {loss} at step {step + 1}; training stopped. The "
@@ -229,10 +230,11 @@ def fit(
                 "step": step + 1,
                 "optimizer": opt.state_dict(),
                 "rng_cpu": torch.get_rng_state(),
+                "elapsed_s": elapsed,
+                "ema": ema if cfg.ema_decay is not None else {},
             }
-            kept = ema if cfg.ema_decay is not None else {}
-            trainer.update(elapsed_s=elapsed, ema=kept)
-            save_checkpoint(out, model, trainer, log)
+            save_checkpoint(out, model, trainer, log)  # the main process writes
+            acc.wait_for_everyone()
             last_saved = step + 1
     model.eval()
     return {
@@ -252,9 +254,10 @@ class TrainingData:
     image's category index (N,) (``cfg.extra["train_counts"]``, in the order of the images).
     """
 
-    def __init__(self, model: CCAD, images: torch.Tensor) -> None:
+    def __init__(self, model: CCAD, images: torch.Tensor, rank: int = 0, world: int = 1) -> None:
         self.device, self.images, self.seed = model.bank.device, images, model.cfg.seed
         self.batch_size = model.cfg.batch_size
+        self.rows = accel.process_rows(self.batch_size, rank, world)
         counts = list(model.cfg.extra.get("train_counts", {}).values()) or [len(images)]
         self.labels = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
         chunks = [x.to(self.device) for x in images.split(16)]
@@ -268,7 +271,7 @@ class TrainingData:
     def batch(self, k: int, gen: torch.Generator) -> tuple:
         """Micro-batch k -> (x0 (B, C, c, c), control images (B, 3, c*f, c*f), query or None,
         category labels (B,))."""
-        idx = batch_indices(k, self.batch_size, len(self.images), self.seed)
+        idx = batch_indices(k, self.batch_size, len(self.images), self.seed)[self.rows]
         x0, control = crop_batch(idx, self.crop, gen, self.x0, self.images)
         query = None if self.queries is None else self.queries[idx].to(self.device)
         return x0.to(self.device), control.to(self.device), query, self.labels[idx].to(self.device)
@@ -282,18 +285,13 @@ def ema_update(ema: dict, model: CCAD, decay: float) -> None:
             ema[name].lerp_(p.detach(), 1 - decay)
 
 
-def autocast_dtype(mixed_precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16/fp16 autocast on CUDA only (bf16 on CPU was measured 2x slower)."""
-    if device.type != "cuda" or mixed_precision == "no":
-        return None
-    if mixed_precision == "fp16":
-        return torch.float16
-    return torch.bfloat16
-
-
 # ---------------------------------------------------------------------- run directory
 def atomic_write(path: Path, write) -> None:
-    """Call write(tmp_path), then rename tmp_path to path (os.replace is atomic)."""
+    """Call write(tmp_path), then rename tmp_path to path (os.replace is atomic).
+
+    Under ``accelerate launch`` only the main process writes (the others hold the same)."""
+    if not accel.is_main_process():
+        return
     tmp = path.with_name(path.name + ".tmp")
     write(tmp)
     os.replace(tmp, path)
@@ -301,6 +299,8 @@ def atomic_write(path: Path, write) -> None:
 
 def save_checkpoint(out: Path, model: CCAD, trainer: dict, log: list) -> None:
     """model.safetensors (+ ema.safetensors), trainer_state.pt and loss_log.csv, atomically."""
+    if not accel.is_main_process():
+        return
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_write(out / "model.safetensors", lambda p: save_file(weights, str(p)))
     ema = trainer.pop("ema", {})
@@ -464,7 +464,7 @@ def train_run(
     for name in categories:
         _check_category(data, layout, name)
     if resume:
-        cfg, model, state = _resume(out, variant, preset, device)
+        cfg, model, state = _resume(out, variant, preset, str(accel.training_device(device)))
         if steps is not None:
             cfg.steps = steps
         if progress:  # the CLI says it; a chapter that trains in stages stays quiet
@@ -474,10 +474,12 @@ def train_run(
             raise ValueError(
                 f"{out} already holds a CCAD run; pass --resume to continue it or choose another --out."
             )
+        accel.wait_for_everyone()  # every process checked before the main one writes
         sizes = {"image_size": image_size} if image_size else {}
         if len(categories) > 1:  # one model for all: the multi-class defaults fill the gaps
             overrides = multiclass_overrides(variant, overrides)
         cfg = make_config(preset, variant, seed=seed, **sizes, **overrides)
+        accel.autocast_dtype(cfg.mixed_precision, accel.training_device(device))  # fp16 on CPU?
         if steps is not None:
             cfg.steps = steps
         state = None
@@ -489,7 +491,7 @@ def train_run(
         if len(categories) > 1:  # before the bank: _new_model writes config.json
             cfg.extra["train_counts"] = {c: len(p) for c, p in zip(categories, parts, strict=True)}
         model = _new_model(cfg, images, out, pretrained, times, progress, vae_cache, data, category)
-        model.to(resolve_device(device))
+        model.to(accel.training_device(device))
     cfg.extra.update(train_args={"data": str(data), "category": category, "layout": layout})
     summary = fit(model, images, out, state["step"] if state else 0, state, progress)
     times["train_s"] = summary["train_s"]
@@ -520,7 +522,8 @@ def _new_model(
     t0 = time.perf_counter()
     groups = list(cfg.extra.get("train_counts", {}).values()) or None
     bank, extractor = build_bank(images, cfg, groups)
-    bank.save(out / "bank.safetensors")
+    if accel.is_main_process():
+        bank.save(out / "bank.safetensors")
     times["bank_s"] = round(time.perf_counter() - t0, 2)
     labels = entry_labels(bank, cfg.extra.get("train_counts"))
     if pretrained is not None:
