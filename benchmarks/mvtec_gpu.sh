@@ -6,25 +6,28 @@
 #   SD15=/models/sd-v1-5 CATEGORIES=bottle,screw bash benchmarks/mvtec_gpu.sh
 #
 # What it runs: `ccad-tutorial reproduce` with the sd15 preset (SD v1.5 UNet + VAE at 256 px,
-# pretrained WideResNet-50 bank features, pretrained ResNet-50 anomaly maps), ONE MODEL PER
-# CATEGORY on the 15 categories, each trained for DiAD's budget (200 epochs at batch 12 x 4
-# accumulation: ~15k steps over all 15 categories, DiAD's total), then evaluated (image and
-# pixel AUROC, AUPRO, F1-max). At the end it prints the table next to the CCAD paper's
-# 0.962 / 0.966 and DiAD's numbers, written to $OUT/results.md and $OUT/results.json.
-# Nobody has timed it on a GPU yet: expect hours, not minutes. It is resumable: run the same
-# command again after an interruption (finished categories are skipped, an interrupted one
-# continues from its last checkpoint, every 1000 steps).
+# pretrained WideResNet-50 bank features, pretrained ResNet-50 anomaly maps): ONE MODEL FOR
+# ALL 15 CATEGORIES (DiAD's multi-class setting; PER_CATEGORY=1 trains one per category),
+# trained for DiAD's budget (200 epochs of the 3,629 training images at batch 12 x 4
+# accumulation: ~15k steps), then evaluated per category (image and pixel AUROC, AUPRO,
+# F1-max). At the end it prints the table next to the CCAD paper's 0.962 / 0.966 and DiAD's
+# numbers, each with its setting, written to $OUT/results.md and $OUT/results.json.
+# Expect hours: benchmarks/gpu_check.sh measures a step on your GPU (README: "Running on a
+# GPU"). It is resumable: run the same command again after an interruption (evaluated
+# categories are skipped, the model continues from its last checkpoint, every 1000 steps).
+# On N GPUs (with DATA_ROOT set): CCAD="accelerate launch --num_processes N -m ccad_tutorial"
 #
 # Settings (environment variables):
 #   DATA_ROOT     MVTec-AD folder holding bottle/, cable/, ...; unset: download into DOWNLOAD_DIR
 #   DOWNLOAD_DIR  where to download MVTec-AD (default data/mvtec; 4.9 GiB, CC BY-NC-SA 4.0)
-#   SD15          SD v1.5 weights: a hub id or a local folder with unet/ and vae/. The original
-#                 runwayml/stable-diffusion-v1-5 was removed from the Hugging Face Hub in 2024;
-#                 the default is its official mirror.
+#   SD15          SD v1.5 weights: a hub id or a local folder with unet/ and vae/ (default:
+#                 $CCAD_SD_WEIGHTS, else the hub's official mirror of the original
+#                 runwayml/stable-diffusion-v1-5, removed from the Hugging Face Hub in 2024).
 #   VARIANT       CCAD variant: F (default), C, V or uncond
 #   CATEGORIES    comma-separated (default: the 15 MVTec-AD categories)
-#   STEPS         optimiser steps per category (default: 200 epochs, see above)
-#   EPOCHS        epochs per category instead of 200 (ignored when STEPS is set)
+#   PER_CATEGORY  1: one model per category (an easier setting than DiAD's), each 200 epochs
+#   STEPS         optimiser steps per model (default: 200 epochs, see above)
+#   EPOCHS        epochs per model instead of 200 (ignored when STEPS is set)
 #   OUT           results folder (default runs/mvtec_sd15_$VARIANT)
 #   CCAD          the command line tool (default ccad-tutorial; e.g. "python -m ccad_tutorial")
 #   NVIDIA_SMI    the nvidia-smi command (default nvidia-smi)
@@ -32,12 +35,13 @@ set -euo pipefail
 
 CCAD=${CCAD:-ccad-tutorial}
 NVIDIA_SMI=${NVIDIA_SMI:-nvidia-smi}
-SD15=${SD15:-stable-diffusion-v1-5/stable-diffusion-v1-5}
+SD15=${SD15:-${CCAD_SD_WEIGHTS:-stable-diffusion-v1-5/stable-diffusion-v1-5}}
 VARIANT=${VARIANT:-F}
 DOWNLOAD_DIR=${DOWNLOAD_DIR:-data/mvtec}
 CATEGORIES=${CATEGORIES:-bottle,cable,capsule,carpet,grid,hazelnut,leather,metal_nut,pill,screw,tile,toothbrush,transistor,wood,zipper}
 STEPS=${STEPS:-}
 EPOCHS=${EPOCHS:-}
+PER_CATEGORY=${PER_CATEGORY:-}
 OUT=${OUT:-runs/mvtec_sd15_${VARIANT}}
 
 # 1. A GPU (reproduce --device cuda also stops at once if torch cannot see it).
@@ -61,11 +65,12 @@ if [[ -z "${DATA_ROOT:-}" ]]; then
     done
 fi
 
-# 3. Train + evaluate every category, then the table (printed, and written to $OUT).
+# 3. Train (one model, or one per category), evaluate every category, then the table (printed, and written to $OUT).
 args=(reproduce --data "$DATA_ROOT" --layout mvtec --categories "$CATEGORIES"
       --preset sd15 --variant "$VARIANT" --pretrained "$SD15" --out "$OUT" --device cuda)
 if [[ -n "$STEPS" ]]; then args+=(--steps "$STEPS"); fi
 if [[ -n "$EPOCHS" ]]; then args+=(--epochs "$EPOCHS"); fi
+if [[ "$PER_CATEGORY" == 1 ]]; then args+=(--per-category); fi
 mkdir -p "$OUT"
 echo "+ $CCAD ${args[*]}"
 PYTHONUNBUFFERED=1 $CCAD "${args[@]}" 2>&1 | tee -a "$OUT/reproduce.log"

@@ -157,7 +157,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from ccad_tutorial.reproduce import markdown_table, reproduce
 
     categories = [c for c in args.categories.split(",") if c] if args.categories else None
-    sizes = {"image_size": args.image_size} if args.image_size else {}
+    overrides = parse_overrides(args.set)
+    if args.image_size:
+        overrides["image_size"] = args.image_size
     results = reproduce(
         args.data,
         args.out,
@@ -170,7 +172,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         seed=args.seed,
         device=args.device,
-        **sizes,
+        per_category=args.per_category,
+        **overrides,
     )
     print(markdown_table(results))
     print(f"wrote {Path(args.out) / 'results.json'} and {Path(args.out) / 'results.md'}")
@@ -255,7 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "reproduce",
-        help="train + evaluate every category (one model per category), then the paper's table",
+        help="train one model for all categories (or one per category), evaluate each, then "
+        "the paper's table",
     )
     p.add_argument("--data", required=True, help="root folder of the data set")
     p.add_argument("--layout", default="mvtec", choices=LAYOUT_CHOICES)
@@ -263,17 +267,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", required=True, choices=("tiny", "sd15"))
     p.add_argument("--variant", default="F", choices=("V", "C", "F", "uncond"))
     p.add_argument("--pretrained", default=None, help="SD v1.5 folder or hub id (sd15 preset)")
-    p.add_argument("--out", required=True, help="folder of the per-category runs and the table")
-    p.add_argument("--steps", type=int, default=None, help="optimiser steps per category")
+    p.add_argument("--out", required=True, help="folder of the runs, the metrics and the table")
+    p.add_argument(
+        "--per-category", action="store_true",
+        help="one model per category (default: ONE multi-class model for all, as DiAD)",
+    )  # fmt: skip
+    p.add_argument("--steps", type=int, default=None, help="optimiser steps per model")
     p.add_argument(
         "--epochs",
         type=float,
         default=None,
-        help="per category, if no --steps (default: 200 for sd15, as DiAD; tiny: its 800 steps)",
+        help="per model, if no --steps (default: 200 for sd15, as DiAD; tiny: its 800 steps)",
     )
     p.add_argument("--image-size", type=int, default=None, help="default: the preset's")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument(
+        "--set", action="append", metavar="FIELD=VALUE",
+        help="override a CCADConfig field of new runs (repeatable), e.g. --set batch_size=6",
+    )  # fmt: skip
     p.set_defaults(func=cmd_reproduce)
     return parser
 
