@@ -25,6 +25,7 @@ NAMES = (
     "inference_ablation",
     "condition_swap",
     "condition_at_work",
+    "sd15_memory",
 )
 RAW_URL = "https://raw.githubusercontent.com/ccad-tutorial/ccad-tutorial/main/benchmarks/results"
 SOURCE_RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
