@@ -81,3 +81,36 @@ def test_steps_to_reach_interpolates_between_checkpoints():
     assert steps_to_reach([(100, 0.5), (200, 0.7)], 0.6) == pytest.approx(150)
     assert steps_to_reach([(100, 0.8), (200, 0.7)], 0.6) == 100  # reached at the first
     assert steps_to_reach([(100, 0.5), (200, 0.55)], 0.6) is None  # never reached
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_quick_on_the_cpu_and_never_touches_the_published_json(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    published = BENCH / "results" / "gpu.json"
+    before = published.read_bytes() if published.exists() else None
+    env = {**os.environ, "PYTHON": sys.executable, "GPU_CHECK_QUICK": "1"}
+    env.update(CUDA_VISIBLE_DEVICES="", NVIDIA_SMI="no-such-nvidia-smi", OMP_NUM_THREADS="1")
+    args = ["bash", str(BENCH / "gpu_check.sh"), "--root", str(tmp_path)]
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    result = json.loads((tmp_path / "gpu.json").read_text())["gpu"]
+    assert result["quick"] and result["command"].startswith("bash benchmarks/gpu_check.sh")
+    step = result["sd15_step"]
+    assert step["step_s"] > 0 and step["flops_per_step"] > 0
+    assert step["mfu"] is None  # no peak figure for a CPU
+    assert result["mvtec_recipe"]["steps"] == load("gpu_check").reproduce.budget("sd15", 3629)
+    unified = result["unified_tiny"]
+    assert unified["setting"] == "multi-class" and unified["steps"] == 10 * 2
+    assert all(0 <= v <= 1 for v in unified["mean"].values())
+    assert (published.read_bytes() if published.exists() else None) == before
+
+
+def test_gpu_check_finds_the_peak_flops_of_a_device_by_its_name():
+    peak = load("gpu_check").peak_tflops
+    assert peak("NVIDIA H100 80GB HBM3") == 989.0 and peak("NVIDIA H100 PCIe") == 756.0
+    assert peak("NVIDIA A100-SXM4-40GB") == 312.0 and peak("Tesla T4") == 65.0
+    assert peak("NVIDIA L4") == 121.0 and peak("NVIDIA A10G") == 70.0
+    assert peak("Some CPU") is None
