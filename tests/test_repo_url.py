@@ -45,29 +45,32 @@ def test_readme_says_where_the_published_book_lives():
 
 
 def test_set_repo_url_rewrites_every_copy_and_leaves_cited_projects_alone(tmp_path):
-    old = "https://github.com/ccad-tutorial/ccad-tutorial"
+    # The slugs are put together here so that no repository URL is typed in this file
+    # (a fork's set_repo_url.py would rewrite it, and the check above would flag it).
+    old, new = "old-owner/old-name", "Jane-Doe/my-book"
+    pages = "https://{}.github.io/{}/"
     files = {
-        "_config.yml": f"title: t\nrepository:\n  url: {old}\n  branch: main\n",
-        "nb.ipynb": json.dumps({"source": [f'REPO = "{old}"', f"{old.replace('https://', '')}"]})
-        + "\n[badge](https://colab.research.google.com/github/ccad-tutorial/ccad-tutorial/blob/"
-        "main/nb.ipynb)\n",
-        "README.md": "Book: https://ccad-tutorial.github.io/ccad-tutorial/ and "
+        "_config.yml": f"title: t\nrepository:\n  url: https://github.com/{old}\n  branch: main\n",
+        "nb.ipynb": json.dumps({"source": [f'REPO = "https://github.com/{old}"\n']})
+        + f"\n[badge](https://colab.research.google.com/github/{old}/blob/main/nb.ipynb)\n",
+        "README.md": f"Book: {pages.format('old-owner', 'old-name')}, cited: "
         "https://github.com/amazon-science/spot-diff\n",
-        "results.py": 'RAW = "https://raw.githubusercontent.com/ccad-tutorial/ccad-tutorial/main/x"\n',
+        "results.py": f'RAW = "https://raw.githubusercontent.com/{old}/main/x"\n',
     }
     for name, text in files.items():
         (tmp_path / name).write_text(text)
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
     subprocess.run(["git", "add", "."], cwd=tmp_path, check=True)
 
-    changed = tool.set_url("https://github.com/Jane-Doe/my-book", root=tmp_path)
+    changed = tool.set_url(f"https://github.com/{new}", root=tmp_path)
 
     assert {p.name for p in changed} == set(files)
     text = "".join((tmp_path / name).read_text() for name in files)
-    assert "ccad-tutorial" not in text
-    assert "url: https://github.com/Jane-Doe/my-book\n" in (tmp_path / "_config.yml").read_text()
-    assert "https://jane-doe.github.io/my-book/" in text
-    assert "colab.research.google.com/github/Jane-Doe/my-book/blob/main/nb.ipynb" in text
-    assert "raw.githubusercontent.com/Jane-Doe/my-book/main/x" in text
+    assert "old-owner" not in text and "old-name" not in text
+    assert f"url: https://github.com/{new}\n" in (tmp_path / "_config.yml").read_text()
+    assert f'REPO = \\"https://github.com/{new}\\"' in text
+    assert pages.format("jane-doe", "my-book") in text
+    assert f"colab.research.google.com/github/{new}/blob/main/nb.ipynb" in text
+    assert f"raw.githubusercontent.com/{new}/main/x" in text
     assert "https://github.com/amazon-science/spot-diff" in text
     assert tool.disagreements(tmp_path) == []
