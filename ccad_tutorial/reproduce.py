@@ -173,7 +173,8 @@ def budget(
     epochs: float | None = None,
     **overrides,
 ) -> int:
-    """Optimiser steps for one model with ``n_train`` training images (all its categories').
+    """Optimiser steps for one model with ``n_train`` training images (of all its
+    categories).
 
     ``steps`` if given; else ``epochs`` passes over the images at the preset's
     effective batch (batch_size x grad_accum). Without either, sd15 takes DiAD's
@@ -275,27 +276,27 @@ def reproduce(
     return results
 
 
-def train_model(data: str | os.PathLike, run: Path, category: str, recipe: Recipe) -> None:
-    """Train the model of ``category`` (several joined by ``+``: one multi-class model) in
-    ``run``: new, resumed at its last checkpoint, or left alone once it reached its budget."""
-    r = recipe
-    common = dict(variant=r.variant, preset=r.preset, layout=r.layout, progress=r.progress,
-                  device=r.device)  # fmt: skip
-    if (run / "trainer_state.pt").is_file():  # interrupted after a checkpoint, or finished
+def train_model(data: str | os.PathLike, run: Path, category: str, r: Recipe) -> None:
+    """Train the model of ``category`` (several joined by ``+``: one multi-class
+    model) in ``run``: new, resumed at its last checkpoint, or left alone once it
+    reached its budget."""
+    common = dict(variant=r.variant, preset=r.preset, layout=r.layout,
+                  progress=r.progress, device=r.device)  # fmt: skip
+    if (run / "trainer_state.pt").is_file():  # after a checkpoint, or finished
         cfg = read_config(run)
         trained_on = "+".join(cfg.extra.get("train_counts", {})) or category
         if trained_on != category:
             raise ValueError(
-                f"{run} holds a model trained on {trained_on}, not {category}: run the same "
-                "categories again, or choose another --out."
+                f"{run} holds a model trained on {trained_on}, not {category}: "
+                "run the same categories again, or choose another --out."
             )
         done = read_loss_log(run, 2**62)
         if done and done[-1][0] >= (r.steps or cfg.steps):
-            print(f"  {run}: trained ({done[-1][0]} steps), not trained again", flush=True)
+            print(f"  {run}: trained ({done[-1][0]} steps), not again", flush=True)
             return
         train_run(data, category, run, steps=r.steps, resume=True, **common)
         return
-    for name in RUN_FILES:  # new, or interrupted before the first checkpoint: start over
+    for name in RUN_FILES:  # new, or stopped before its first checkpoint: start over
         (run / name).unlink(missing_ok=True)
     names = split_categories(category)
     n_train = sum(len(load_dataset(data, r.layout, c, "train")) for c in names)
@@ -305,19 +306,18 @@ def train_model(data: str | os.PathLike, run: Path, category: str, recipe: Recip
 
 
 def evaluate_category(
-    data: str | os.PathLike, run: Path, category: str, folder: Path, recipe: Recipe
+    data: str | os.PathLike, run: Path, category: str, folder: Path, r: Recipe
 ) -> dict:
-    """The metrics of ``run``'s model on ``category``'s test split, into ``folder``:
-    ``metrics.json`` (written last: the category is done; evaluated again only if the
-    model has trained on since) and ``examples.png``."""
+    """The metrics of ``run``'s model on ``category``'s test split, into
+    ``folder``: ``metrics.json`` (written last: the category is done; evaluated
+    again only if the model has trained on since) and ``examples.png``."""
     metrics_path = folder / "metrics.json"
     if metrics_path.is_file():
         metrics = json.loads(metrics_path.read_text())
-        _check_recipe(metrics, recipe, metrics_path)
-        if metrics["steps"] == read_config(run).steps:  # else the model trained on since
+        _check_recipe(metrics, r, metrics_path)
+        if metrics["steps"] == read_config(run).steps:  # else it trained on since
             print(f"  {category}: already evaluated ({folder}), skipped", flush=True)
             return metrics
-    r = recipe
     folder.mkdir(parents=True, exist_ok=True)
     metrics = evaluate_run(
         run,
