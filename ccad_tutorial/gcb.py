@@ -215,13 +215,16 @@ def _part_and_level(name: str) -> tuple[str, int | None]:
 
 
 @torch.no_grad()
-def gcb_table(unet: nn.Module, num_tokens: int = 1) -> list[dict]:
+def gcb_table(unet: nn.Module, num_tokens: int = 1, side: int | None = None) -> list[dict]:
     """One row per GCB of a diffusers UNet: where it sits and how much it attends to.
 
     Runs ONE forward pass of a zero sample (1, in_channels, s, s) with ``num_tokens`` zero
     bank tokens and records, with forward pre-hooks, the feature map each GCB receives.
     The UNet may live on the ``"meta"`` device (built under ``with torch.device("meta")``):
     then the pass computes shapes only, so SD v1.5's table costs no memory and no time.
+    ``side``: the side of the UNet's input (x0) the model runs at; None: the UNet's
+    ``sample_size``, which is only right for a UNet built for this image size (SD v1.5's
+    own config says 64, its 512 px, while CCAD runs it at 256 px: side 32).
 
     Row keys: name, part ("down" | "mid" | "up"), level (index of the block, None for mid),
     channels, heads, side (the feature map is side x side), positions (side ** 2: the tokens
@@ -241,8 +244,9 @@ def gcb_table(unet: nn.Module, num_tokens: int = 1) -> list[dict]:
     handles = [b.register_forward_pre_hook(record(n), with_kwargs=True) for n, b in gcbs]
     try:
         param = next(unet.parameters())
-        size = unet.config.sample_size
-        side = size if isinstance(size, int) else size[0]
+        if side is None:
+            size = unet.config.sample_size
+            side = size if isinstance(size, int) else size[0]
         sample = torch.zeros(1, unet.config.in_channels, side, side).to(param)
         bank = torch.zeros(1, num_tokens, unet.config.cross_attention_dim).to(param)
         unet(sample, torch.zeros(1).to(param.device), encoder_hidden_states=bank)

@@ -174,7 +174,8 @@ def fit(
     Checkpoints every ``cfg.checkpoint_every`` steps and at the end. Step s draws its
     crops, flips, timesteps and noise from a generator seeded by (seed, s): resuming
     reproduces the uninterrupted run exactly; under ``accelerate launch`` each process
-    takes its share of every batch (``accel``). Returns {"steps", "last_loss", "train_s", ...}.
+    takes its share of every batch (``accel``).
+    Returns {"steps", "last_loss", "train_s", "ms_per_step"}.
     """
     cfg, device, acc = model.cfg, model.bank.device, accel.make_accelerator()
     # foreach=False on CPU: the fused update's temporaries raise sd15's peak memory
@@ -184,7 +185,8 @@ def fit(
         weight_decay=cfg.weight_decay,
         foreach=device.type == "cuda",
     )
-    ema = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    ema = {n: p.detach().clone() for n, p in trained}
     log, elapsed, last_saved = read_loss_log(out, start_step), 0.0, start_step
     if state is not None:
         opt.load_state_dict(state["optimizer"])
@@ -192,6 +194,7 @@ def fit(
         elapsed, ema = float(state["elapsed_s"]), state.get("ema", ema)
     amp_dtype = accel.autocast_dtype(cfg.mixed_precision, device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    amp = amp_dtype is not None
     model.train()
     model.freeze()  # frozen parts go back to eval mode
     ddp = acc.prepare_model(model)  # DistributedDataParallel with several processes
@@ -199,15 +202,17 @@ def fit(
     bar = tqdm(range(start_step, cfg.steps), "train", cfg.steps, initial=start_step,
                disable=not (progress and acc.is_main_process))  # fmt: skip
     for step in bar:
-        t0, gen = time.perf_counter(), accel.step_generator(cfg.seed, step, acc.process_index)
+        t0 = time.perf_counter()
+        gen = accel.step_generator(cfg.seed, step, acc.process_index)
         opt.zero_grad(set_to_none=True)
         loss = 0.0
         for micro in range(cfg.grad_accum):  # gradient accumulation
             x0, control, query, labels = data.batch(step * cfg.grad_accum + micro, gen)
             with accel.sync_gradients(acc, ddp, micro == cfg.grad_accum - 1):
-                with torch.autocast(device.type, amp_dtype, enabled=amp_dtype is not None):
+                with torch.autocast(device.type, amp_dtype, enabled=amp):
+                    # CCAD.forward is CCAD.loss
                     micro_loss = ddp(x0, control, gen, query=query, labels=labels)
-                    micro_loss = micro_loss / cfg.grad_accum  # CCAD.forward is CCAD.loss
+                    micro_loss = micro_loss / cfg.grad_accum
                 scaler.scale(micro_loss).backward()
             loss += micro_loss.item()
         loss = accel.mean_over_processes(acc, loss)
