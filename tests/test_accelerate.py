@@ -6,6 +6,7 @@ that split a batch over several processes are checked directly.
 """
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -76,3 +77,21 @@ def test_process_zero_draws_what_a_one_process_run_always_drew():
     assert torch.equal(first, torch.rand(3, generator=before))
     other = torch.rand(3, generator=accel.step_generator(3, 7, rank=1))
     assert not torch.equal(first, other)  # process 1 draws its own crops and noise
+
+
+@pytest.mark.slow
+def test_accelerate_launch_reproduces_the_table_of_the_plain_command(minitex_root, tmp_path):
+    """`reproduce` (one multi-class model, evaluated per category) under the launcher."""
+    results = {}
+    for name, prefix in (("plain", PLAIN), ("launched", LAUNCH)):
+        out = tmp_path / name
+        args = ["reproduce", "--data", str(minitex_root), "--preset", "tiny"]
+        args += ["--categories", "brick,grass"]
+        cli(prefix, *args, "--out", str(out), "--steps", "2", *tiny_sets())
+        results[name] = json.loads((out / "results.json").read_text())
+    plain, launched = results["plain"], results["launched"]
+    assert plain["setting"]["training"] == "multi-class"
+    assert list(plain["categories"]) == ["brick", "grass"]
+    for category, metrics in plain["categories"].items():
+        for key in ("image_auroc", "pixel_auroc"):
+            assert launched["categories"][category][key] == metrics[key]
