@@ -147,3 +147,23 @@ def test_category_separation_tells_clusters_from_noise_and_sees_scale():
     assert mixed["silhouette"] < 0.2 and mixed["nn_accuracy"] < 0.8
     scaled = x * torch.tensor([100.0, 1.0, 1.0])  # one dimension dominates raw distances
     assert category_separation(scaled, labels)["scale_spread"] > 50 * apart["scale_spread"]
+
+
+def test_pretrained_backbone_is_read_from_the_local_weights_folder(tmp_path, monkeypatch):
+    """$CCAD_BACKBONE_WEIGHTS: timm loads <dir>/<name>.safetensors as its pretrained file."""
+    import timm
+
+    torch.manual_seed(123)
+    state = timm.create_model("resnet18", pretrained=False).state_dict()
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "resnet18.safetensors"))
+    monkeypatch.setenv("CCAD_BACKBONE_WEIGHTS", str(tmp_path))
+    extractor = FeatureExtractor("resnet18", (2, 3), pretrained=True)
+    loaded = dict(extractor.backbone.named_parameters())["layer2.0.conv1.weight"]
+    assert torch.equal(loaded, state["layer2.0.conv1.weight"])
+    assert extractor.pretrained
+
+
+def test_a_weights_folder_without_the_backbone_names_the_files_it_expects(tmp_path, monkeypatch):
+    monkeypatch.setenv("CCAD_BACKBONE_WEIGHTS", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=r"resnet18\.safetensors.*CCAD_BACKBONE_WEIGHTS"):
+        FeatureExtractor("resnet18", pretrained=True)

@@ -58,3 +58,12 @@ def test_missing_data_root_is_named(tmp_path, monkeypatch):
     monkeypatch.setenv("CCAD_MODE", "fast")
     with pytest.raises(ValueError, match="does-not-exist"):
         modes.start_chapter(device="cpu", data_root=tmp_path / "does-not-exist")
+
+
+def test_sd_weights_come_from_the_argument_then_the_variable_then_the_hub(monkeypatch):
+    from ccad_tutorial.modes import SD15_HUB_ID, sd_weights
+
+    monkeypatch.delenv("CCAD_SD_WEIGHTS", raising=False)
+    assert sd_weights() == SD15_HUB_ID
+    monkeypatch.setenv("CCAD_SD_WEIGHTS", "/weights/sd15")
+    assert sd_weights() == "/weights/sd15" and sd_weights("other/id") == "other/id"
