@@ -22,7 +22,7 @@ T4_GIB = 15.0  # a "16 GB" T4 has 15,360 MiB; Colab's shows about 15.0 GiB to Py
 
 
 def gpu_need_gib(row: dict) -> float | None:
-    """GPU memory (GiB) one measured step needs by the rule above; None if it passed the cap."""
+    """GPU memory (GiB) a measured step needs by the rule above (None: over the cap)."""
     if row.get("over_cap", True):
         return None
     return row["peak_gib"] + CUDA_CONTEXT_GIB
