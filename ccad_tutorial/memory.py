@@ -53,5 +53,7 @@ def memory_table(payload: dict) -> tuple[list[str], list[list]]:
             rows.append([row["batch"], ckpt, over, "-", "-", "-"])
             continue
         need = gpu_need_gib(row)
-        rows.append([row["batch"], ckpt, row["peak_gib"], row["step_gib"], row["step_s"], need])
+        rows.append(
+            [row["batch"], ckpt, row["peak_gib"], row["step_gib"], row["step_s"], round(need, 2)]
+        )
     return headers, rows
