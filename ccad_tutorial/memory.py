@@ -52,8 +52,6 @@ def memory_table(payload: dict) -> tuple[list[str], list[list]]:
             over = f"over the {payload['cap_gib']:g} GiB cap"
             rows.append([row["batch"], ckpt, over, "-", "-", "-"])
             continue
-        need = gpu_need_gib(row)
-        rows.append(
-            [row["batch"], ckpt, row["peak_gib"], row["step_gib"], row["step_s"], round(need, 2)]
-        )
+        gib = [f"{v:.2f}" for v in (row["peak_gib"], row["step_gib"], gpu_need_gib(row))]
+        rows.append([row["batch"], ckpt, gib[0], gib[1], f"{row['step_s']:.1f}", gib[2]])
     return headers, rows

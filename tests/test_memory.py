@@ -32,4 +32,4 @@ def test_largest_batch_prefers_no_recompute_at_the_same_batch():
 def test_table_says_which_runs_passed_the_cap():
     headers, rows = mem.memory_table({"cap_gib": 17.5, "rows": [row(1, False, 8), row(4, True)]})
     assert len(headers) == len(rows[0]) == len(rows[1])
-    assert rows[0][-1] == 8 + mem.CUDA_CONTEXT_GIB and "17.5 GiB cap" in rows[1][2]
+    assert float(rows[0][-1]) == 8 + mem.CUDA_CONTEXT_GIB and "17.5 GiB cap" in rows[1][2]
