@@ -425,10 +425,12 @@ def guidance_numbers(cfg, unet: nn.Module, num_tokens: int) -> dict[str, int]:
     """
     import dataclasses
 
-    from ccad_tutorial.model import build_guidance
+    from ccad_tutorial.model import build_guidance, latent_factor
 
-    side, channels = unet.config.sample_size, unet.config.in_channels
-    size = cfg.image_size
+    # the side x0 has at cfg.image_size: not unet.config.sample_size, which is SD v1.5's
+    # 64 (512 px) for pretrained weights whatever size CCAD runs them at
+    size, channels = cfg.image_size, unet.config.in_channels
+    side = size // (latent_factor(cfg) if cfg.latent else 1)
     full = dataclasses.replace(cfg, guidance="full")
     with torch.device("meta"):
         copy = build_guidance(full, unet, size // side)

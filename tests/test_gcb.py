@@ -212,3 +212,19 @@ def test_attention_entropy_is_log_m_for_uniform_rows_and_zero_for_one_hot_rows()
     one_hot = torch.nn.functional.one_hot(torch.tensor([2, 7]), 10).float()
     assert torch.allclose(attention_entropy(uniform), torch.full((3, 4), math.log(10)))
     assert torch.equal(attention_entropy(one_hot), torch.zeros(2))
+
+
+def test_guidance_numbers_follow_the_image_size_not_the_unets_sample_size():
+    """SD v1.5's config says sample_size 64 (512 px); CCAD runs it at 256 px."""
+    import dataclasses
+
+    from ccad_tutorial.gcb import guidance_numbers
+    from ccad_tutorial.model import build_unet
+    from ccad_tutorial.presets import make_config
+
+    cfg = make_config("tiny", "C", image_size=64)
+    with torch.device("meta"):
+        own = build_unet(cfg)
+        for_512 = build_unet(dataclasses.replace(cfg, image_size=512))
+    assert for_512.config.sample_size != own.config.sample_size
+    assert guidance_numbers(cfg, for_512, 12) == guidance_numbers(cfg, own, 12)
