@@ -56,18 +56,22 @@ from ccad_tutorial.diagnostics import (
     heldout_loss,
     latent_statistics,
 )
+from ccad_tutorial.evaluation import evaluate
 from ccad_tutorial.experiments import (
     METRICS,
     QUICK_SETTINGS,
     add_bench_arguments,
     bench_output,
-    cell_name,
-    load_scored_run,
+    cell_folder,
     run_cell,
+    scored_detector,
     write_result,
 )
-from ccad_tutorial.minitex import CATEGORIES, ensure_minitex, validation_split
-from ccad_tutorial.presets import make_config
+from ccad_tutorial.minitex import ensure_minitex, validation_split
+from ccad_tutorial.model import CCAD
+from ccad_tutorial.normal_images import CATEGORIES
+from ccad_tutorial.presets import make_config, set_inference_fields
+from ccad_tutorial.runs import atomic_write, write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DROPOUT = 0.1
@@ -114,7 +118,7 @@ class Bench:
     def folder(self, model: str, seed: int, category: str | None = None) -> Path:
         variant, steps, settings = self.cell(model)
         trained_on = self.joined if MODELS[model][1] else category
-        return self.root / cell_name(variant, trained_on, seed, {**settings, **_steps(steps)})
+        return cell_folder(self.root, variant, trained_on, seed, steps, **settings)
 
     def row(self, model: str, seed: int, category: str, evals: dict | None = None) -> dict | None:
         """The test row of one model, seed and category (evaluation settings ``evals``)."""
@@ -137,9 +141,7 @@ class Bench:
         if self.args.cached_only or not (path.parent / "model.safetensors").is_file():
             return None
         value = compute()
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(value, indent=2))
-        tmp.replace(path)
+        write_json(path, value)
         return value
 
 
@@ -149,10 +151,6 @@ def probe_scales(choice: dict | None, model: str) -> tuple[float, ...]:
     if choice is None:
         return ()
     return W_SWEEP if model == choice["model"] else (choice["guidance_scale"],)
-
-
-def _steps(steps: int | None) -> dict:
-    return {"steps": steps} if steps else {}
 
 
 # ---------------------------------------------------------------------- 1. the repair
@@ -165,7 +163,8 @@ def repair_rows(bench: Bench, seed: int) -> list[dict]:
             folder = bench.folder(model, seed, category)
 
             def compute(folder=folder, category=category):
-                net, cfg = load_scored_run(folder, bench.data, category)
+                net = CCAD.from_pretrained(folder, device="cpu")
+                cfg = net.cfg
                 test = load_split(bench.data, "mvtec", category, "test", cfg.image_size)
                 good = test.images[test.labels == 0][:TRACE_IMAGES]
                 train = load_split(bench.data, "mvtec", category, "train", cfg.image_size)
@@ -208,9 +207,6 @@ def before_after_rows(bench: Bench, seed: int) -> list[dict]:
 def validation_rows(bench: Bench, model: str, seed: int) -> list[dict]:
     """Image and pixel AUROC of one unified F model at every w on each category's
     validation split (``minitex.validation_split``), cached as ``validation.json``."""
-    from ccad_tutorial.experiments import _map_metrics
-    from ccad_tutorial.train import set_inference_fields
-
     folder = bench.folder(model, seed)
     size = make_config("tiny", "F", **bench.quick).image_size
     n = 4 if bench.args.quick else 16
@@ -218,12 +214,11 @@ def validation_rows(bench: Bench, model: str, seed: int) -> list[dict]:
     def compute():
         out = []
         for category in bench.categories:
-            net, _ = load_scored_run(folder, bench.data, category)
+            detector = scored_detector(folder, bench.data, category)
             val = validation_split(category, size=size, seed=1000 + seed, n_good=n, n_defect=n)
             for w in W_SWEEP:
-                set_inference_fields(net.cfg, {"guidance_scale": w})
-                recons = net.reconstruct(val.images, noise_seed=0)
-                metrics = _map_metrics(net.scorer, val, recons)
+                set_inference_fields(detector.cfg, {"guidance_scale": w})
+                metrics = evaluate(detector, val)
                 out.append(
                     {"category": category, "w": w}
                     | {k: metrics[k] for k in ("image_auroc", "pixel_auroc")}
@@ -266,7 +261,8 @@ def generation(bench: Bench, model: str, seed: int, w: float) -> dict | None:
     n = 2 if bench.args.quick else 12
 
     def compute():
-        net, cfg = load_scored_run(folder, bench.data, bench.categories[0])
+        net = CCAD.from_pretrained(folder, device="cpu")
+        cfg = net.cfg
         if cfg.variant != "uncond":
             net.cfg.guidance_scale = w
         normals = {
@@ -301,12 +297,13 @@ def swap_rows(bench: Bench, model: str, seed: int, w: float) -> list[dict]:
         other = bench.categories[(i + 1) % len(bench.categories)]
 
         def compute(category=category, i=i):
-            net, cfg = load_scored_run(folder, bench.data, category)
+            detector = scored_detector(folder, bench.data, category)
+            net = detector.model
             net.cfg.guidance_scale = w
-            test = load_split(bench.data, "mvtec", category, "test", cfg.image_size)
+            test = load_split(bench.data, "mvtec", category, "test", net.cfg.image_size)
             nxt = (i + 1) % len(bench.categories)
             other_bank = net.bank[net.bank_labels == nxt]
-            return condition_swap(net, test, {"other": other_bank}, controls=False)
+            return condition_swap(detector, test, {"other": other_bank}, controls=False)
 
         found = bench.cached(folder / f"swap_{category}_w{w:g}.json", compute)
         if found is not None:
@@ -326,12 +323,11 @@ def _save_png(fig, path: Path) -> Path:
     """fig as a 256-colour PNG at ``path``, written atomically."""
     from PIL import Image
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format="png", dpi=72)
-    Image.open(tmp).convert("RGB").quantize(256).save(tmp, format="png", optimize=True)
-    tmp.replace(path)
-    return path
+    def write(tmp: Path) -> None:
+        fig.savefig(tmp, format="png", dpi=72)
+        Image.open(tmp).convert("RGB").quantize(256).save(tmp, format="png", optimize=True)
+
+    return atomic_write(path, write)
 
 
 def generation_figure(bench: Bench, model: str, w: float, path: Path, n: int = 8):
@@ -371,16 +367,16 @@ def guidance_figure(bench: Bench, model: str, path: Path):
     fig = Figure(figsize=(1.5 * len(cols), 1.55 * len(bench.categories)))
     axes = fig.subplots(len(bench.categories), len(cols), squeeze=False)
     for r, category in enumerate(bench.categories):
-        net, cfg = load_scored_run(folder, bench.data, category)
-        test = load_split(bench.data, "mvtec", category, "test", cfg.image_size)
+        detector = scored_detector(folder, bench.data, category)
+        test = load_split(bench.data, "mvtec", category, "test", detector.cfg.image_size)
         kinds = test.defect_types
         i = kinds.index("cutpaste") if "cutpaste" in kinds else int(test.labels.argmax())
         x = test.images[i : i + 1]
         panels = [x[0].permute(1, 2, 0), test.masks[i, 0]]
         for w in W_SWEEP:
-            net.cfg.guidance_scale = w
-            recon = net.reconstruct(x, noise_seed=0)
-            maps, _ = net.anomaly_maps(x, recon)
+            detector.cfg.guidance_scale = w
+            recon = detector.reconstruct(x)
+            _, maps = detector.score(x, recon)
             panels += [recon[0].permute(1, 2, 0), maps[0, 0]]
         for c, (ax, img) in enumerate(zip(axes[r], panels, strict=True)):
             ax.imshow(img.numpy(), cmap=None if img.dim() == 3 else "magma")

@@ -10,7 +10,7 @@ Each trained cell (trained first if missing) is evaluated with its own Coarse Fe
 seed). Same weights and test-time noise each time, so only the condition changes
 (``ccad_tutorial.diagnostics.condition_swap``). The swap drop is real minus swapped image
 AUROC; ``recon_change`` is the mean absolute pixel change of the reconstructions. Every
-cell is scored with the benchmarks' feature map (``experiments.load_scored_run``). A model
+cell is scored with the benchmarks' feature map (``experiments.scored_detector``). A model
 that uses its condition shows drops clearly larger than the seed spread of its AUROC.
 """
 
@@ -22,7 +22,7 @@ import statistics
 import time
 from pathlib import Path
 
-from ccad_tutorial.coreset import CoarseFeatureBank
+from ccad_tutorial.bank import CoarseFeatureBank
 from ccad_tutorial.datasets import load_split
 from ccad_tutorial.diagnostics import condition_swap
 from ccad_tutorial.experiments import (
@@ -30,12 +30,14 @@ from ccad_tutorial.experiments import (
     add_bench_arguments,
     bench_output,
     categories_of,
-    cell_name,
-    load_scored_run,
+    cell_folder,
     run_cell,
+    scored_detector,
     write_result,
 )
-from ccad_tutorial.minitex import CATEGORIES, ensure_minitex
+from ccad_tutorial.minitex import ensure_minitex
+from ccad_tutorial.normal_images import CATEGORIES
+from ccad_tutorial.runs import write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -44,20 +46,18 @@ def swap_cell(
     data, category, other, variant, seed, root: Path, steps, settings, cached_only=False
 ) -> dict | None:
     """condition_swap of one cell, cached in the cell's folder as ``swap.json``."""
-    extra = {"steps": steps} if steps else {}
-    folder = root / cell_name(variant, category, seed, {**settings, **extra})
+    folder = cell_folder(root, variant, category, seed, steps, **settings)
     path = folder / "swap.json"
     if not path.is_file() and cached_only:
         return None
     if not path.is_file():
         run_cell(data, category, variant, seed, root, steps, **settings)
         run_cell(data, other, variant, seed, root, steps, **settings)  # the other bank
-        other_folder = root / cell_name(variant, other, seed, {**settings, **extra})
+        other_folder = cell_folder(root, variant, other, seed, steps, **settings)
         other_bank = CoarseFeatureBank.load(other_folder / "bank.safetensors").features
-        model, cfg = load_scored_run(folder, data, category)
-        test = load_split(data, "mvtec", category, "test", cfg.image_size)
-        result = condition_swap(model, test, {"other": other_bank})
-        path.write_text(json.dumps(result, indent=2))
+        detector = scored_detector(folder, data, category)
+        test = load_split(data, "mvtec", category, "test", detector.cfg.image_size)
+        write_json(path, condition_swap(detector, test, {"other": other_bank}))
     return json.loads(path.read_text())
 
 

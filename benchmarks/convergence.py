@@ -39,7 +39,8 @@ from ccad_tutorial.experiments import (
     run_cell,
     write_result,
 )
-from ccad_tutorial.minitex import CATEGORIES, ensure_minitex
+from ccad_tutorial.minitex import ensure_minitex
+from ccad_tutorial.normal_images import CATEGORIES
 from ccad_tutorial.presets import make_config
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -316,10 +316,9 @@ def save(rows: list[dict], args: argparse.Namespace) -> None:
         "torch": torch.__version__,
     }
     section["summary"] = summarize(section["runs"])
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, RESULTS)
+    from ccad_tutorial.runs import write_json
+
+    write_json(RESULTS, data)
 
 
 def main() -> None:

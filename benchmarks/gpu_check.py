@@ -44,8 +44,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from ccad_tutorial import reproduce
 from ccad_tutorial.accel import autocast_dtype, step_generator
 from ccad_tutorial.experiments import write_result
-from ccad_tutorial.minitex import CATEGORIES, ensure_minitex, make_minitex
+from ccad_tutorial.minitex import ensure_minitex, make_minitex
 from ccad_tutorial.model import CCAD
+from ccad_tutorial.normal_images import CATEGORIES
 from ccad_tutorial.presets import make_config
 from ccad_tutorial.standins import NARROW_UNET, NARROW_VAE
 

@@ -17,6 +17,7 @@ defaults.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -26,14 +27,17 @@ from ccad_tutorial.experiments import (
     add_bench_arguments,
     bench_output,
     categories_of,
-    cell_name,
+    cell_folder,
     format_table,
     run_cell,
+    scored_detector,
     summarise,
     write_result,
 )
-from ccad_tutorial.minitex import CATEGORIES, ensure_minitex
+from ccad_tutorial.minitex import ensure_minitex
+from ccad_tutorial.normal_images import CATEGORIES
 from ccad_tutorial.presets import make_config
+from ccad_tutorial.runs import write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -50,41 +54,33 @@ SCORERS = {  # name -> AnomalyScorer arguments (random-init resnet50, BatchNorm 
 def scoring_rows(
     data, category, variant, seed, root: Path, steps, settings, cached_only=False
 ) -> list[dict]:
-    """One reconstruction of the test split, scored by every scorer; cached as scoring.json."""
-    import json
-
-    import torch
-
+    """One reconstruction of the test split, scored by every scorer (``evaluate`` with the
+    detector's scorers replaced by ``SCORERS``); cached as scoring.json."""
     from ccad_tutorial.datasets import load_split
-    from ccad_tutorial.metrics import evaluate
+    from ccad_tutorial.evaluation import evaluate
     from ccad_tutorial.scoring import AnomalyScorer
-    from ccad_tutorial.train import load_run
 
-    extra = {"steps": steps} if steps else {}
-    folder = root / cell_name(variant, category, seed, {**settings, **extra})
+    folder = cell_folder(root, variant, category, seed, steps, **settings)
     path = folder / "scoring.json"
     if cached_only and not path.is_file():
         return []
     run_cell(data, category, variant, seed, root, steps, **settings)
     if not path.is_file():
-        model, cfg = load_run(folder, device="cpu")
-        test = load_split(data, "mvtec", category, "test", cfg.image_size)
-        train = load_split(data, "mvtec", category, "train", cfg.image_size)
-        recons = model.reconstruct(test.images, noise_seed=0)
-        rows = []
+        detector = scored_detector(folder, data, category)
+        train = load_split(data, "mvtec", category, "train", detector.cfg.image_size)
+        test = load_split(data, "mvtec", category, "test", detector.cfg.image_size)
+        prefixes = {name: "" if i == 0 else f"{name}: " for i, name in enumerate(SCORERS)}
+        scorers = {}
         for name, kwargs in SCORERS.items():
-            torch.manual_seed(seed)
-            scorer = AnomalyScorer(cfg.score_backbone, **kwargs).calibrate(train.images).eval()
-            with torch.no_grad():
-                maps = torch.cat(
-                    [
-                        scorer(x, r)
-                        for x, r in zip(test.images.split(16), recons.split(16), strict=True)
-                    ]
-                )
-            metrics = evaluate(test.labels, scorer.image_scores(maps), test.masks, maps)
-            rows.append({"scorer": name, **{k: float(metrics[k]) for k in METRICS}})
-        path.write_text(json.dumps(rows, indent=2))
+            scorer = AnomalyScorer(detector.cfg.score_backbone, **kwargs)
+            scorers[prefixes[name]] = scorer.calibrate(train.images).eval()
+        detector.scorers = scorers
+        row = evaluate(detector, test)
+        rows = [
+            {"scorer": name, **{k: row[prefix + k] for k in METRICS}}
+            for name, prefix in prefixes.items()
+        ]
+        write_json(path, rows)
     return [{**r, "category": category, "seed": seed} for r in json.loads(path.read_text())]
 
 

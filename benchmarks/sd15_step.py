@@ -33,6 +33,7 @@ import torch
 
 from ccad_tutorial.model import CCAD
 from ccad_tutorial.presets import make_config
+from ccad_tutorial.runs import write_json
 
 RESULT = Path(__file__).parent / "results" / "sd15_memory.json"
 
@@ -158,9 +159,7 @@ def main() -> None:
         print(json.dumps(one_step(args), indent=2))
         return
     result = memory_table(args)
-    tmp = RESULT.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"sd15_memory": result}, indent=2) + "\n")
-    tmp.replace(RESULT)
+    write_json(RESULT, {"sd15_memory": result})
     print(f"wrote {RESULT}")
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ccad_tutorial.coreset import CoarseFeatureBank
+from ccad_tutorial.bank import CoarseFeatureBank
 from ccad_tutorial.features import FAST_BACKBONE, FULL_BACKBONE, FeatureExtractor, flatten_patches
 from ccad_tutorial.scoring import gaussian_smooth, smoothing_sigma
 
@@ -109,11 +109,11 @@ def run_patchcore(
     """Fit PatchCore on a category's train split, evaluate on its test split.
 
     Default backbone: ``wide_resnet50_2`` with ``pretrained=True`` (full mode), random-init
-    ``resnet18`` otherwise (fast mode). Returns the metrics of ``metrics.evaluate``
+    ``resnet18`` otherwise (fast mode). Returns the row of ``evaluation.evaluate``
     (image_auroc, pixel_auroc, aupro, f1_max, ...) plus what was run and how long it took.
     """
     from ccad_tutorial.datasets import load_split
-    from ccad_tutorial.metrics import evaluate
+    from ccad_tutorial.evaluation import evaluate
 
     backbone = backbone or (FULL_BACKBONE if pretrained else FAST_BACKBONE)
     start = time.perf_counter()
@@ -122,9 +122,7 @@ def run_patchcore(
     extractor = FeatureExtractor(backbone, pool="patch", pretrained=pretrained, seed=seed)
     model = PatchCore(extractor, seed=seed).fit(train.images)
     fitted = time.perf_counter()
-    scores, maps = model.predict(test.images)
-    predicted = time.perf_counter()
-    result = evaluate(test.labels, scores, test.masks, maps)
+    result = evaluate(model, test)
     result.update(
         method="patchcore",
         category=category,
@@ -133,9 +131,8 @@ def run_patchcore(
         image_size=image_size,
         seed=seed,
         n_train=len(train.labels),
-        n_test=len(test.labels),
         bank_size=len(model.bank),
         fit_seconds=round(fitted - start, 2),
-        predict_seconds=round(predicted - fitted, 2),
+        predict_seconds=result["eval_s"],
     )
     return result

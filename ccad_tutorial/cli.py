@@ -17,15 +17,11 @@ LAYOUT_CHOICES = ("mvtec", "visa", "loco", "mvtec3d", "mtd", "dagm", "minitex")
 
 
 def _write_json(obj: dict, path: str | None) -> None:
-    text = json.dumps(obj, indent=2, sort_keys=True)
+    from ccad_tutorial.runs import write_json
+
     if path:
-        out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(out.suffix + ".tmp")
-        tmp.write_text(text + "\n")
-        tmp.replace(out)
-        print(f"wrote {out}")
-    print(text)
+        print(f"wrote {write_json(path, obj, sort_keys=True)}")
+    print(json.dumps(obj, indent=2, sort_keys=True))
 
 
 def cmd_make_data(args: argparse.Namespace) -> int:
@@ -42,7 +38,7 @@ def cmd_make_data(args: argparse.Namespace) -> int:
 
 
 def cmd_check_data(args: argparse.Namespace) -> int:
-    from ccad_tutorial.datasets import check_dataset
+    from ccad_tutorial.checks import check_dataset
 
     report = check_dataset(args.data, layout=args.layout)
     print(report.format())
@@ -66,7 +62,7 @@ def cmd_patchcore(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ccad_tutorial.train import train_run
+    from ccad_tutorial.detectors import train_run
 
     if args.resume and args.set:
         raise ValueError("--set applies to a new run; a resumed run keeps its config.json.")
@@ -120,7 +116,7 @@ def parse_overrides(pairs: list[str] | None, inference_only: bool = False) -> di
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ccad_tutorial.train import evaluate_run
+    from ccad_tutorial.evaluation import evaluate_run
 
     result = evaluate_run(
         args.run,

@@ -31,15 +31,12 @@ from __future__ import annotations
 
 import math
 import numbers
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-BANK_FORMAT = "ccad_tutorial.CoarseFeatureBank/1"
 _CHUNK_ROWS = 4096  # rows projected / checked at a time (bounds the temporaries)
 
 
@@ -292,99 +289,3 @@ def covering_radius(features: torch.Tensor, indices: torch.Tensor, chunk_size: i
         distances = torch.cdist(block.to(centers.dtype), centers)  # (chunk, M)
         radius = max(radius, float(distances.min(dim=1).values.max()))
     return radius
-
-
-@dataclass
-class CoarseFeatureBank:
-    """The Coarse Feature Bank (CFB): the coreset's ORIGINAL feature vectors.
-
-    features: (M, D) the kept normal feature vectors (not projected).
-    indices: (M,) long, their rows in the (N, D) features the bank was built from.
-    xi: M / N, the compression ratio actually reached.
-    radius: covering radius of the selection (projected space, see ``CoresetResult``).
-    source_count: N, the number of feature vectors the bank was built from.
-    """
-
-    features: torch.Tensor
-    indices: torch.Tensor
-    xi: float
-    radius: float
-    source_count: int
-
-    def __len__(self) -> int:
-        return self.features.shape[0]
-
-    @classmethod
-    def build(
-        cls,
-        features: torch.Tensor,
-        ratio: float | None = 0.1,
-        n: int | None = None,
-        min_size: int = 8,
-        projection_dim: int | None = 128,
-        seed: int = 0,
-    ) -> CoarseFeatureBank:
-        """Select the bank from (N, D) features: M = n, or round(ratio * N) but >= min_size.
-
-        Passing ``n`` overrides ``ratio``. The bank never has more than N entries.
-        """
-        _check_features(features)
-        num = features.shape[0]
-        size = coreset_size(num, n=n) if n is not None else coreset_size(num, ratio=ratio)
-        size = max(size, min(min_size, num))
-        result = greedy_coreset_with_radius(
-            features, n=size, projection_dim=projection_dim, seed=seed
-        )
-        kept = features[result.indices].detach().clone()
-        return cls(kept, result.indices.cpu(), size / num, result.radius, num)
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the bank to a .safetensors file (atomically: temp file, then os.replace)."""
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {
-            "features": self.features.detach().cpu().contiguous(),
-            "indices": self.indices.detach().cpu().long().contiguous(),
-        }
-        metadata = {
-            "format": BANK_FORMAT,
-            "xi": repr(float(self.xi)),
-            "radius": repr(float(self.radius)),
-            "source_count": str(int(self.source_count)),
-        }
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-        return path
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> CoarseFeatureBank:
-        """Read a bank written by ``save`` (safetensors only: no pickle is ever executed)."""
-        from safetensors import safe_open
-
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"Coarse Feature Bank file {path} does not exist. Build one with "
-                "CoarseFeatureBank.build(features) and save it with bank.save(path)."
-            )
-        try:
-            with safe_open(str(path), framework="pt", device=str(device)) as handle:
-                metadata = handle.metadata() or {}
-                features = handle.get_tensor("features")
-                indices = handle.get_tensor("indices")
-            return cls(
-                features,
-                indices,
-                float(metadata["xi"]),
-                float(metadata["radius"]),
-                int(metadata["source_count"]),
-            )
-        except Exception as error:  # safetensors raises its own error type for corrupt files
-            raise ValueError(
-                f"{path} is not a valid Coarse Feature Bank (.safetensors with tensors 'features', "
-                f"'indices' and metadata xi, radius, source_count): {error}. Rebuild it with "
-                "CoarseFeatureBank.build(features).save(path)."
-            ) from error

@@ -1,4 +1,4 @@
-"""A small pixel-space DDPM: noise schedules, epsilon prediction, DDIM and reconstruction.
+"""A small pixel-space DDPM: noise schedules, epsilon prediction and its training.
 
 Chapter 2 of the book. diffusers supplies the parts:
 
@@ -8,20 +8,20 @@ Chapter 2 of the book. diffusers supplies the parts:
 * ``DDIMScheduler``: the deterministic sampler that walks x_t back to x_0.
 
 This module holds what the book teaches on top of them: the training loop (epsilon MSE), the
-held-out loss per timestep, sampling, and *reconstruction from partial noise* (noise an image
-to ``t_start``, denoise it back), the idea behind reconstruction-based anomaly detection and
-CCAD's ``t_start``. Images enter and leave in [0, 1]; the model works in [-1, 1].
+held-out loss per timestep, the model's one-shot guess of x_0 and the frames of the forward
+process, and the round trip through a VAE. DDIM (the sampler CCAD uses too) is in ddim.py,
+*reconstruction from partial noise* (noise an image to ``t_start``, denoise it back) and
+its errors in reconstruction.py. Images enter and leave in [0, 1]; the model works in
+[-1, 1].
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+from diffusers import DDPMScheduler, UNet2DModel
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -70,14 +70,18 @@ FULL = DDPMConfig(
 def make_scheduler(
     schedule: str = "scaled_linear", num_train_timesteps: int = 1000
 ) -> DDPMScheduler:
-    """diffusers' ``DDPMScheduler`` with one of the SCHEDULES ("scaled_linear", "linear", "cosine")."""
+    """diffusers' ``DDPMScheduler`` with one of the SCHEDULES.
+
+    ``schedule``: "scaled_linear", "linear" or "cosine".
+    """
     if schedule not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {list(SCHEDULES)}, got {schedule!r}.")
+        choices = list(SCHEDULES)
+        raise ValueError(f"schedule must be one of {choices}, got {schedule!r}.")
     return DDPMScheduler(num_train_timesteps=num_train_timesteps, **SCHEDULES[schedule])
 
 
 def build_unet(cfg: DDPMConfig) -> UNet2DModel:
-    """The denoiser eps_theta: (B, 3, H, W) x_t and (B,) timesteps -> (B, 3, H, W) noise.
+    """The denoiser eps_theta: x_t (B, 3, H, W), timesteps (B,) -> noise (B, 3, H, W).
 
     H and W must be multiples of 2 ** (len(block_out_channels) - 1).
     """
@@ -108,8 +112,14 @@ def to_image(x: Tensor) -> Tensor:
     return ((x + 1) / 2).clamp(0, 1)
 
 
-def random_crops(images: Tensor, n: int, size: int, generator: torch.Generator) -> Tensor:
-    """n random (size x size) crops of random rows of images (N, C, H, W), randomly h-flipped.
+def random_crops(
+    images: Tensor,
+    n: int,
+    size: int,
+    generator: torch.Generator,
+) -> Tensor:
+    """n random (size x size) crops of random rows of images (N, C, H, W), randomly
+    flipped left-right.
 
     Mirrors torchvision's RandomCrop + RandomHorizontalFlip, drawn per crop. Returns
     (n, C, size, size).
@@ -156,10 +166,12 @@ def train_ddpm(
     cfg: DDPMConfig,
     progress: bool = False,
 ) -> list[float]:
-    """Train ``unet`` to predict the noise on random crops of normal images (N, 3, H, W) in [0, 1].
+    """Train ``unet`` to predict the noise on random crops of normal images
+    (N, 3, H, W) in [0, 1].
 
-    AdamW with a constant learning rate, one crop batch per step, everything drawn from a
-    generator seeded by ``cfg.seed``. Returns the training loss of every step (cfg.steps,).
+    AdamW with a constant learning rate, one crop batch per step, everything drawn
+    from a generator seeded by ``cfg.seed``. Returns the training loss of every step
+    (cfg.steps,).
     """
     device = next(unet.parameters()).device
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -179,12 +191,16 @@ def train_ddpm(
 
 @torch.no_grad()
 def loss_per_timestep(
-    unet: UNet2DModel, scheduler: DDPMScheduler, images: Tensor, timesteps: list[int], seed: int = 0
+    unet: UNet2DModel,
+    scheduler: DDPMScheduler,
+    images: Tensor,
+    timesteps: list[int],
+    seed: int = 0,
 ) -> Tensor:
     """Held-out epsilon MSE at each of ``timesteps`` on images (B, 3, H, W) in [0, 1].
 
-    Same noise for every timestep (drawn from ``seed``), so numbers before and after training
-    compare. Returns (len(timesteps),).
+    Same noise for every timestep (drawn from ``seed``), so numbers before and after
+    training compare. Returns (len(timesteps),).
     """
     device = next(unet.parameters()).device
     x0 = to_model(images).to(device)
@@ -197,90 +213,15 @@ def loss_per_timestep(
     return torch.tensor(out)
 
 
-def ddim_timesteps(
-    scheduler: DDPMScheduler, t_start: int, n_steps: int
-) -> tuple[DDIMScheduler, Tensor]:
-    """A DDIM scheduler and at most ``n_steps`` timesteps t_start, t_start - s, ...
-
-    diffusers' ``DDIMScheduler.step`` goes from t to t - T // num_inference_steps,
-    so we pick num_inference_steps to give the stride s we want and then set the
-    timesteps ourselves, starting exactly at t_start. The last step lands below 0,
-    where ``set_alpha_to_one`` makes alpha-bar 1: the output is the model's
-    estimate of x_0.
-    """
-    T = scheduler.config.num_train_timesteps
-    if not 0 <= t_start < T:
-        raise ValueError(f"t_start must lie in [0, {T - 1}], got {t_start}.")
-    ddim = DDIMScheduler.from_config(scheduler.config, set_alpha_to_one=True)
-    ddim.set_timesteps(T // max(1, math.ceil((t_start + 1) / n_steps)))
-    stride = T // ddim.num_inference_steps  # the stride step() will use
-    ddim.timesteps = torch.arange(t_start, -1, -stride)
-    return ddim, ddim.timesteps
-
-
 @torch.no_grad()
-def denoise(
+def predict_x0(
     unet: UNet2DModel,
     scheduler: DDPMScheduler,
     x_t: Tensor,
-    t_start: int,
-    n_steps: int = 10,
+    t: Tensor,
 ) -> Tensor:
-    """Run DDIM (eta = 0) from x_t (B, 3, H, W) at timestep t_start down to x_0
-    (model space)."""
-    ddim, timesteps = ddim_timesteps(scheduler, t_start, n_steps)
-    x = x_t
-    for t in timesteps:
-        t_batch = torch.full((len(x),), int(t), device=x.device, dtype=torch.long)
-        eps = unet(x, t_batch).sample
-        x = ddim.step(eps, int(t), x, eta=0.0).prev_sample
-    return x
-
-
-@torch.no_grad()
-def reconstruct(
-    unet: UNet2DModel,
-    scheduler: DDPMScheduler,
-    images: Tensor,
-    t_start: int,
-    n_steps: int = 10,
-    seed: int = 0,
-) -> Tensor:
-    """Noise images (B, 3, H, W) in [0, 1] to t_start, denoise back with DDIM:
-    (B, 3, H, W).
-
-    x_{t_start} = sqrt(abar) x_0 + sqrt(1 - abar) eps with eps drawn from ``seed``
-    (the same eps for every t_start, so reconstructions at different t_start
-    compare).
-    """
-    device = next(unet.parameters()).device
-    x0 = to_model(images).to(device)
-    generator = torch.Generator().manual_seed(seed)
-    noise = torch.randn(x0.shape, generator=generator).to(x0)
-    t = torch.full((len(x0),), t_start, device=device, dtype=torch.long)
-    x_t = scheduler.add_noise(x0, noise, t)
-    return to_image(denoise(unet, scheduler, x_t, t_start, n_steps)).cpu()
-
-
-@torch.no_grad()
-def sample(
-    unet: UNet2DModel,
-    scheduler: DDPMScheduler,
-    n: int,
-    size: int,
-    n_steps: int = 20,
-    seed: int = 0,
-) -> Tensor:
-    """n new images (n, 3, size, size) in [0, 1]: DDIM from pure noise at t = T - 1."""
-    device = next(unet.parameters()).device
-    noise = torch.randn((n, 3, size, size), generator=torch.Generator().manual_seed(seed))
-    t_last = scheduler.config.num_train_timesteps - 1
-    return to_image(denoise(unet, scheduler, noise.to(device), t_last, n_steps)).cpu()
-
-
-@torch.no_grad()
-def predict_x0(unet: UNet2DModel, scheduler: DDPMScheduler, x_t: Tensor, t: Tensor) -> Tensor:
-    """The model's one-shot guess of x_0 from x_t (B, 3, H, W) at timesteps t (B,), model space.
+    """The model's one-shot guess of x_0 from x_t (B, 3, H, W) at timesteps t (B,),
+    in model space.
 
     x0_hat = (x_t - sqrt(1 - abar_t) eps_theta(x_t, t)) / sqrt(abar_t): the
     ``pred_original_sample`` that ``DDIMScheduler.step`` computes on its way.
@@ -297,97 +238,36 @@ def noising_frames(
     seed: int = 0,
     unet: UNet2DModel | None = None,
 ) -> tuple[Tensor, Tensor | None]:
-    """x_t of one image (3, H, W) in [0, 1] at each of ``timesteps``, with one eps for all.
+    """x_t of one image (3, H, W) in [0, 1] at each of ``timesteps``, one eps for all.
 
-    Returns (x_t, x0_hat): x_t (K, 3, H, W) in [0, 1] (clipped for display), K =
-    len(timesteps); x0_hat the same shape, the model's ``predict_x0`` at each frame, or None
-    when no ``unet`` is given.
+    Returns (x_t, x0_hat): x_t (K, 3, H, W) in [0, 1] (clipped for display),
+    K = len(timesteps); x0_hat the same shape, the model's ``predict_x0`` at each
+    frame, or None when no ``unet`` is given.
     """
     device = image.device if unet is None else next(unet.parameters()).device
     t = torch.as_tensor(timesteps, dtype=torch.long, device=device)
     x0 = to_model(image.to(device))[None].expand(len(t), -1, -1, -1)
-    noise = torch.randn(image.shape, generator=torch.Generator().manual_seed(seed)).to(x0)
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.randn(image.shape, generator=generator).to(x0)
     x_t = scheduler.add_noise(x0, noise[None].expand_as(x0), t)
-    x0_hat = None if unet is None else to_image(predict_x0(unet, scheduler, x_t, t)).cpu()
+    x0_hat = None
+    if unet is not None:
+        x0_hat = to_image(predict_x0(unet, scheduler, x_t, t)).cpu()
     return to_image(x_t).cpu(), x0_hat
 
 
-def add_defects(
-    images: Tensor, seed: int = 0, category: str | None = None
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Put one MiniTex-AD defect on each clean image (B, 3, H, W) in [0, 1].
-
-    Defect types cycle through ``minitex.DEFECT_TYPES``. Returns (clean, defective, masks):
-    clean (B, 3, H, W) quantised to 8 bits like the defective copy, defective (B, 3, H, W),
-    masks (B, 1, H, W) in {0, 1}. Outside the mask, clean and defective are identical.
-    """
-    from ccad_tutorial.minitex import DEFECT_TYPES, apply_defect
-
-    rng = np.random.default_rng(seed)
-    clean = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    pairs = [
-        apply_defect(img, DEFECT_TYPES[i % len(DEFECT_TYPES)], rng, category=category)
-        for i, img in enumerate(clean)
-    ]
-    defective = np.stack([p[0] for p in pairs])
-    masks = np.stack([p[1] for p in pairs])[:, None]
-    as_float = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).float() / 255  # noqa: E731
-    return as_float(clean), as_float(defective), torch.from_numpy(masks).float()
-
-
-def masked_mse(recons: Tensor, clean: Tensor, masks: Tensor) -> tuple[float, float]:
-    """Mean squared error against the clean images, inside and outside the defect masks.
-
-    recons, clean: (B, 3, H, W) in [0, 1]; masks: (B, 1, H, W) in {0, 1}. Pixels of all images
-    are pooled. Returns (mse inside, mse outside).
-    """
-    err = ((recons - clean) ** 2).mean(1, keepdim=True)  # (B, 1, H, W)
-    inside = masks > 0.5
-    return float(err[inside].mean()), float(err[~inside].mean())
-
-
-def _ratio(a: float, b: float) -> float:
-    """a / b, inf for a > 0 = b (exact outside the defects), nan for 0 / 0."""
-    if b > 0:
-        return a / b
-    return float("inf") if a > 0 else float("nan")
-
-
-def reconstruction_errors(
-    recons: Tensor, clean: Tensor, defective: Tensor, masks: Tensor
-) -> dict[str, float]:
-    """What a reconstruction of defective images removed, and what it lost.
-
-    recons, clean, defective: (B, 3, H, W) in [0, 1]; masks: (B, 1, H, W) in {0, 1}.
-    Returns ``inside`` / ``outside``: MSE to the defect-free original inside and outside the
-    defects; ``excess``: inside - outside (what is left of the defects); ``contrast``: MSE
-    to the *input* inside over outside (what an anomaly map sees); ``pixel_auroc`` of the
-    plain pixel-L1 map |recon - input|; ``colour_error``: the largest channel difference
-    between the mean colours of the reconstructions and of the originals.
-    """
-    from ccad_tutorial import metrics
-
-    inside, outside = masked_mse(recons, clean, masks)  # against the defect-free original
-    map_inside, map_outside = masked_mse(recons, defective, masks)  # against the input
-    anomaly_map = (recons - defective).abs().mean(1, keepdim=True)  # (B, 1, H, W)
-    colour = (recons.mean((0, 2, 3)) - clean.mean((0, 2, 3))).abs().max()
-    return {
-        "inside": inside,
-        "outside": outside,
-        "excess": inside - outside,
-        "contrast": _ratio(map_inside, map_outside),
-        "pixel_auroc": metrics.pixel_auroc(masks, anomaly_map),
-        "colour_error": float(colour),
-    }
-
-
 @torch.no_grad()
-def vae_round_trip(vae, images: Tensor, scaling_factor: float = 1.0) -> tuple[Tensor, Tensor]:
-    """Encode images (B, 3, H, W) in [0, 1] with a diffusers ``AutoencoderKL`` and decode.
+def vae_round_trip(
+    vae,
+    images: Tensor,
+    scaling_factor: float = 1.0,
+) -> tuple[Tensor, Tensor]:
+    """Encode images (B, 3, H, W) in [0, 1] with a diffusers ``AutoencoderKL`` and
+    decode.
 
     As ``CCAD.encode`` / ``CCAD.decode``: the latent is the posterior's mode times
-    ``scaling_factor``, the decoder reads it divided by the same factor. Returns (latents
-    (B, C, H/f, W/f), decoded images (B, 3, H, W) in [0, 1]).
+    ``scaling_factor``, the decoder reads it divided by the same factor. Returns
+    (latents (B, C, H/f, W/f), decoded images (B, 3, H, W) in [0, 1]).
     """
     x = to_model(images).to(next(vae.parameters()).device)
     latents = vae.encode(x).latent_dist.mode() * scaling_factor

@@ -26,7 +26,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ccad_tutorial.model import CCAD, image_noise
+from ccad_tutorial.model import CCAD
+from ccad_tutorial.sampling import image_noise
 
 
 def swapped_banks(bank: Tensor, seed: int = 0) -> dict[str, Tensor]:
@@ -55,13 +56,14 @@ def heldout_loss(
 
 @torch.no_grad()
 def condition_swap(
-    model: CCAD,
+    detector,
     test_batch,
     alternative_banks: dict[str, Tensor] | None = None,
     noise_seed: int = 0,
     controls: bool = True,
 ) -> dict[str, dict]:
-    """Evaluate ``model`` on ``test_batch`` (datasets.Batch) under each bank.
+    """Evaluate a ``detectors.CCADDetector`` on ``test_batch`` (datasets.Batch) under each
+    bank (``evaluation.evaluate``, the detector's own scorers).
 
     ``controls=False`` skips the shuffled and zero banks (only ``real`` and the
     ``alternative_banks`` are evaluated: one reconstruction of the test split each).
@@ -70,8 +72,9 @@ def condition_swap(
     where recon_change is the mean absolute pixel difference from the real-bank
     reconstructions (0 for "real").
     """
-    from ccad_tutorial.metrics import evaluate
+    from ccad_tutorial.evaluation import evaluate
 
+    model = detector.model
     banks = {
         "real": None,  # the run's own condition, chosen as in training (bank mode and all)
         **(swapped_banks(model.bank.cpu(), noise_seed) if controls else {}),
@@ -81,17 +84,22 @@ def condition_swap(
     good = images[labels == 0]
     both_classes = 0 < int(labels.sum()) < len(labels)
     results, reference = {}, None
+    own, detector.noise_seed = (detector.bank, detector.noise_seed), noise_seed
     for name, bank in banks.items():
-        recons = model.reconstruct(images, noise_seed=noise_seed, bank=bank)
+        detector.bank, outputs = bank, {}
+        row = evaluate(detector, test_batch, outputs) if both_classes else {}
+        recons = outputs.get("recons")
+        if recons is None:
+            recons = detector.reconstruct(images)
         reference = recons if reference is None else reference
-        maps, scores = model.anomaly_maps(images, recons)
-        metrics = evaluate(labels, scores, test_batch.masks, maps) if both_classes else {}
-        metrics = {k: float(v) for k, v in metrics.items()}
+        timing = ("infer_s_per_image", "eval_s")
+        metrics = {k: v for k, v in row.items() if isinstance(v, float) and k not in timing}
         metrics["heldout_loss"] = (
             heldout_loss(model, good, bank, noise_seed) if len(good) else float("nan")
         )
         metrics["recon_change"] = float((recons - reference).abs().mean())
         results[name] = metrics
+    detector.bank, detector.noise_seed = own
     return results
 
 
@@ -168,7 +176,7 @@ class NearestCategory:
 
     The features are the bank's own: the run's backbone and layers, global pooling, and (for
     random-init backbones) BatchNorm statistics re-estimated on all the normals given, as
-    ``train.build_bank`` does for a run trained on them.
+    ``bank.build_bank`` does for a run trained on them.
 
     Args:
         cfg: the run's CCADConfig (backbone, feature_layers, pretrained_backbone).
@@ -267,7 +275,7 @@ def probe_run(
 ) -> dict:
     """``ccad-tutorial probe``: the positive control on a trained run.
 
-    A unified run is probed with its own bank, split by category (``train.entry_labels``);
+    A unified run is probed with its own bank, split by category (``bank.entry_labels``);
     a per-category run with a bank of every category of ``data`` built by its own extractor
     (calibrated on its training images, as its bank was): it has only ever seen its own, so
     it should draw its own category whatever it is given. Returns {"generation_accuracy",
@@ -276,11 +284,12 @@ def probe_run(
     "classifier_accuracy" (the nearest-category classifier on real test normals)}.
     ``inference`` sets fields read at inference (e.g. guidance_scale=4) for this probe.
     """
-    from ccad_tutorial.coreset import CoarseFeatureBank
+    from ccad_tutorial.bank import CoarseFeatureBank, build_bank
     from ccad_tutorial.datasets import list_categories, load_split
-    from ccad_tutorial.train import build_bank, load_run, set_inference_fields
+    from ccad_tutorial.presets import set_inference_fields
 
-    model, cfg = load_run(run)
+    model = CCAD.from_pretrained(run)
+    cfg = model.cfg
     set_inference_fields(cfg, inference)
     counts = cfg.extra.get("train_counts")
     names = list(counts) if counts else list_categories(data, layout)
@@ -322,14 +331,15 @@ def probe_run(
 
 @torch.no_grad()
 def map_check(
-    model: CCAD, images: Tensor, labels: Tensor, masks: Tensor, noise: float = 0.1, seed: int = 0
+    detector, images: Tensor, labels: Tensor, masks: Tensor, noise: float = 0.1, seed: int = 0
 ) -> dict[str, dict[str, float]]:
     """Is a low AUROC the model's or the map's? Three reconstructions, one scorer.
 
-    * ``model``: the model's reconstructions, scored by its own map;
+    * ``model``: the reconstructions of a ``detectors.CCADDetector`` (evaluation noise
+      ``seed``), scored by its main map;
     * ``model, pixel L1``: the SAME reconstructions, scored by the blurred pixel difference;
     * ``noisy copy``: no model, the input plus Gaussian noise of std ``noise`` (clamped to
-      [0, 1]) as its "reconstruction", scored by the model's map.
+      [0, 1]) as its "reconstruction", scored by the same map.
 
     If the model's reconstructions score well with pixel L1 and a noisy copy scores as badly
     as the model with the model's map, the map (not the model) points the wrong way for
@@ -338,31 +348,24 @@ def map_check(
     reconstruction inside and outside the defect masks.
     """
     from ccad_tutorial.metrics import image_auroc, pixel_auroc
-    from ccad_tutorial.scoring import gaussian_smooth, smoothing_sigma
 
     gen = torch.Generator().manual_seed(seed)
+    own, detector.noise_seed = detector.noise_seed, seed
     recons = {
-        "model": model.reconstruct(images, noise_seed=seed),
+        "model": detector.reconstruct(images),
         "noisy copy": (images + noise * torch.randn(images.shape, generator=gen)).clamp(0, 1),
     }
+    detector.noise_seed = own
     out = {}
     inside = masks.expand_as(images) > 0
     for name, recon in recons.items():
-        maps, scores = model.anomaly_maps(images, recon)
         error = (recon - images).abs()
-        row = {
-            "image_auroc": image_auroc(labels, scores),
-            "pixel_auroc": pixel_auroc(masks, maps),
-            "defect_error": float(error[inside].mean()) if inside.any() else float("nan"),
-            "normal_error": float(error[~inside].mean()),
-        }
-        out[name] = row
-        if name == "model":
-            l1 = (images - recon).abs().mean(dim=1, keepdim=True)
-            l1 = gaussian_smooth(l1, smoothing_sigma(images.shape[-2]))
-            out["model, pixel L1"] = {
-                **row,
-                "image_auroc": image_auroc(labels, l1.flatten(1).amax(dim=1)),
-                "pixel_auroc": pixel_auroc(masks, l1),
+        for which in ("", "l1_") if name == "model" else ("",):
+            scores, maps = detector.score(images, recon, which)
+            out[name + (", pixel L1" if which else "")] = {
+                "image_auroc": image_auroc(labels, scores),
+                "pixel_auroc": pixel_auroc(masks, maps),
+                "defect_error": float(error[inside].mean()) if inside.any() else float("nan"),
+                "normal_error": float(error[~inside].mean()),
             }
     return {name: out[name] for name in ("model", "model, pixel L1", "noisy copy")}

@@ -18,7 +18,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ccad_tutorial.datasets import DataError
-from ccad_tutorial.layouts import find_categories
+from ccad_tutorial.roots import find_categories
 
 MVTEC_CATEGORIES = (
     "bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut",

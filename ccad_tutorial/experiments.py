@@ -26,28 +26,15 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-import torch
+from ccad_tutorial import runs
+from ccad_tutorial.detectors import SCORE, CCADDetector, MeanNormal, PatchCore, train_run
+from ccad_tutorial.evaluation import METRICS, evaluate
+from ccad_tutorial.presets import VARIANTS, make_config, set_inference_fields
+from ccad_tutorial.runs import cell_name
 
-from ccad_tutorial.presets import VARIANTS, make_config
-
-METRICS = ("image_auroc", "pixel_auroc", "aupro", "f1_max")
 QUICK_SETTINGS = dict(image_size=32, crop_size=16, vae_steps=4, batch_size=4)  # --quick cells
 METHODS = VARIANTS + ("patchcore", "mean-normal")
 BASELINES = ("patchcore", "mean-normal")  # fitted, not trained: no steps, no checkpoints
-SCORE = "feature"  # the anomaly map of every row's metrics; rows also carry l1_<metric>
-
-
-def cell_name(method: str, category: str, seed: int, settings: dict | None = None) -> str:
-    """Folder name of a cell, e.g. ``F_brick_s0`` or ``F_brick_s0_num_queries=16``."""
-    parts = [method, category, f"s{seed}"]
-    parts += [f"{k}={_short(v)}" for k, v in sorted((settings or {}).items())]
-    return "_".join(parts)
-
-
-def _short(value) -> str:
-    if isinstance(value, (list, tuple)):
-        return "-".join(map(str, value))
-    return str(value)
 
 
 def run_cell(
@@ -83,8 +70,8 @@ def run_cell(
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
     root = Path(root)
-    name = cell_name(method, category, seed, {**settings, **({"steps": steps} if steps else {})})
-    folder = root / name
+    folder = cell_folder(root, method, category, seed, steps, **settings)
+    name = folder.name
     if test_category is not None and method in BASELINES:
         raise ValueError(f"test_category is for unified CCAD cells; {method} fits one category.")
     row_path = folder / _row_file(eval_settings, noise_seed, test_category)
@@ -100,6 +87,15 @@ def run_cell(
             data, category, method, seed, root, steps, eval_settings, noise_seed, checkpoints,
             settings, name, folder, row_path, test_category,
         )  # fmt: skip
+
+
+def cell_folder(
+    root: str | os.PathLike, method: str, category: str, seed: int, steps=None, **settings
+) -> Path:
+    """The folder of a cell under ``root`` (its name: ``runs.cell_name``; ``steps`` is part
+    of it when given). Benchmarks find a cell's run and their own caches there."""
+    extra = {"steps": steps} if steps else {}
+    return Path(root) / cell_name(method, category, seed, {**settings, **extra})
 
 
 @contextlib.contextmanager
@@ -122,10 +118,8 @@ def _compute_cell(
     data, category, method, seed, root, steps, eval_settings, noise_seed, checkpoints,
     settings, name, folder, row_path, test_category=None,
 ) -> dict:  # fmt: skip
-    if method == "patchcore":
-        row = _patchcore_row(data, category, seed, settings.get("image_size", 128))
-    elif method == "mean-normal":
-        row = _mean_normal_row(data, category, seed, settings.get("image_size", 128))
+    if method in BASELINES:
+        row = _baseline_row(data, category, method, seed, settings.get("image_size", 128))
     else:
         final = steps or make_config("tiny", method, **settings).steps
         for step in sorted(c for c in checkpoints if c < final):
@@ -134,10 +128,7 @@ def _compute_cell(
         row.update(_evaluate(folder, data, test_category or category, eval_settings, noise_seed))
     row.update(method=method, category=test_category or category, seed=seed, cell=name)
     row.update(**({"trained_on": category} if test_category else {}), **(eval_settings or {}))
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = row_path.with_name(row_path.name + ".tmp")
-    tmp.write_text(json.dumps(row, indent=2))
-    os.replace(tmp, row_path)
+    runs.write_json(row_path, row)
     return row
 
 
@@ -147,62 +138,26 @@ def _row_file(eval_settings: dict | None, noise_seed: int, test_category=None) -
     return f"row{('_' + extra.lstrip('_')) if extra else ''}.json"
 
 
-def _patchcore_row(data, category: str, seed: int, image_size: int) -> dict:
-    from ccad_tutorial.baselines import run_patchcore
-
-    result = run_patchcore(data, category, image_size=image_size, seed=seed)
-    row = {k: float(result[k]) for k in METRICS}
-    row.update(
-        fit_s=float(result["fit_seconds"]),
-        train_s=0.0,
-        infer_s_per_image=round(float(result["predict_seconds"]) / int(result["n_test"]), 4),
-        n_test=int(result["n_test"]),
-    )
-    return row
-
-
-def _mean_normal_row(data, category: str, seed: int, image_size: int) -> dict:
-    """The no-model control: what the anomaly maps find when the "reconstruction" is the
-    mean of the normal training images, the same for every test image (no model at all)."""
+def _baseline_row(data, category: str, method: str, seed: int, image_size: int) -> dict:
+    """Fit PatchCore or the no-model control (``detectors.MeanNormal``) on the category's
+    normals and evaluate it on its test split."""
     from ccad_tutorial.datasets import load_split
-    from ccad_tutorial.model import build_scorer
+    from ccad_tutorial.features import FAST_BACKBONE, FeatureExtractor
 
+    if method == "patchcore":
+        extractor = FeatureExtractor(FAST_BACKBONE, pool="patch", seed=seed)
+        detector = PatchCore(extractor, seed=seed)
+    else:
+        detector = MeanNormal(make_config("tiny", "F", seed=seed, image_size=image_size))
     start = time.perf_counter()
-    cfg = make_config("tiny", "F", seed=seed, image_size=image_size)
     train = load_split(data, "mvtec", category, "train", image_size)
     test = load_split(data, "mvtec", category, "test", image_size)
-    scorer = build_scorer(cfg, SCORE).calibrate(train.images).eval()
-    recons = train.images.mean(0, keepdim=True).expand_as(test.images)
+    detector.fit(train.images)
     fit_s = time.perf_counter() - start
-    start = time.perf_counter()
-    row = _map_metrics(scorer, test, recons)
-    infer_s = time.perf_counter() - start
-    row.update(_map_metrics(build_scorer(cfg, "l1"), test, recons, prefix="l1_"))
-    row.update(
-        score=SCORE,
-        fit_s=round(fit_s, 2),
-        train_s=0.0,
-        infer_s_per_image=round(infer_s / len(test.labels), 4),
-        n_test=len(test.labels),
-    )
-    return row
-
-
-@torch.no_grad()
-def _map_metrics(scorer, test, recons, prefix: str = "") -> dict:
-    """``{prefix + metric: value}`` of one scorer's maps of ``recons`` against ``test``, with
-    ``{prefix}per_defect``: image and pixel AUROC per defect type (``metrics.per_defect_type``)."""
-    from ccad_tutorial.metrics import evaluate, per_defect_type
-
-    maps = torch.cat(
-        [scorer(x, r) for x, r in zip(test.images.split(16), recons.split(16), strict=True)]
-    )
-    scores = scorer.image_scores(maps)
-    result = evaluate(test.labels, scores, test.masks, maps)
-    row = {f"{prefix}{k}": float(result[k]) for k in METRICS}
-    row[f"{prefix}per_defect"] = per_defect_type(
-        test.labels, scores, test.defect_types, test.masks, maps
-    )
+    row = evaluate(detector, test)
+    row.update(fit_s=round(fit_s, 2), train_s=0.0)
+    if method == "mean-normal":
+        row["score"] = SCORE
     return row
 
 
@@ -211,26 +166,21 @@ def _checkpoint_row(data, category, variant, seed, folder: Path, root: Path, ste
     path = folder / f"row_step{step}.json"
     if path.is_file():
         return
-    if (folder / "trainer_state.pt").is_file():
-        from ccad_tutorial.train import load_trainer_state
-
-        reached = int(load_trainer_state(folder)["step"])
-        if reached > step:
-            raise ValueError(
-                f"{folder} was trained past step {step} (to {reached}) without evaluating "
-                f"checkpoint {step}; delete the folder to retrain it with its checkpoints."
-            )
+    reached = runs.trained_steps(folder)
+    if reached > step:
+        raise ValueError(
+            f"{folder} was trained past step {step} (to {reached}) without evaluating "
+            f"checkpoint {step}; delete the folder to retrain it with its checkpoints."
+        )
     row = _ccad_row(data, category, variant, seed, folder, root, step, settings)
     row.update(_evaluate(folder, data, category, None, 0), step=step, method=variant)
     row.update(category=category, seed=seed)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(row, indent=2))
-    os.replace(tmp, path)
+    runs.write_json(path, row)
 
 
 def checkpoint_rows(root, method: str, category: str, seed: int, **settings) -> list[dict]:
     """The rows a cell wrote at its checkpoints and at its end, sorted by step."""
-    folder = Path(root) / cell_name(method, category, seed, settings)
+    folder = cell_folder(root, method, category, seed, **settings)
     rows = [json.loads(p.read_text()) for p in folder.glob("row_step*.json")]
     if (folder / "row.json").is_file():
         final = json.loads((folder / "row.json").read_text())
@@ -239,99 +189,71 @@ def checkpoint_rows(root, method: str, category: str, seed: int, **settings) -> 
 
 
 def _ccad_row(data, category, variant, seed, folder: Path, root: Path, steps, settings) -> dict:
-    from ccad_tutorial.coreset import CoarseFeatureBank
-    from ccad_tutorial.train import read_loss_log, train_run
+    """Train the cell's run to ``steps`` (new, resumed, or already there) -> its training
+    numbers: final loss (mean of the last tenth of the steps), times, bank size."""
+    from ccad_tutorial.bank import CoarseFeatureBank
 
     resume = (folder / "trainer_state.pt").is_file()
     if not resume and (folder / "config.json").is_file():
         # stopped before its first checkpoint: nothing to resume; the cell folder is ours
         shutil.rmtree(folder)
-    summary = _finished(folder, steps) if resume else None
-    summary = summary or train_run(
-        data,
-        category,
-        folder,
-        variant=variant,
-        seed=seed,
-        steps=steps,
-        resume=resume,
-        progress=False,
-        vae_cache=root / "_vae_cache",
-        **({} if resume else settings),
-    )
-    times = summary["times"]
-    log = read_loss_log(folder, summary["steps"])
+    if not resume or runs.trained_steps(folder) != steps or runs.read_config(folder).steps != steps:
+        train_run(
+            data,
+            category,
+            folder,
+            variant=variant,
+            seed=seed,
+            steps=steps,
+            resume=resume,
+            progress=False,
+            vae_cache=root / "_vae_cache",
+            **({} if resume else settings),
+        )
+    times = runs.read_config(folder).extra.get("times", {})
+    log = runs.read_loss_log(folder, steps)
     tail = [loss for _, loss, *_ in log[-max(1, len(log) // 10) :]]
     return {
         "loss": statistics.fmean(tail) if tail else float("nan"),  # last tenth of the steps
-        "steps": summary["steps"],
+        "steps": steps,
         "train_s": times.get("train_s", 0.0),
         "fit_s": round(times.get("train_s", 0.0) + times.get("vae_s", 0.0) + times["bank_s"], 2),
-        "last_loss": summary["last_loss"],
-        "ms_per_step": summary["ms_per_step"],
+        "last_loss": log[-1][1] if log else float("nan"),
+        "ms_per_step": round(1000 * times.get("train_s", 0.0) / max(1, steps), 1),
         "bank_size": len(CoarseFeatureBank.load(folder / "bank.safetensors")),
     }
 
 
-def _finished(folder: Path, steps: int) -> dict | None:
-    """train_run's summary of a run already trained to exactly ``steps`` (None otherwise):
-    evaluating a finished cell again needs no trainer, data pass or config rewrite."""
-    from ccad_tutorial.train import load_trainer_state, read_config, read_loss_log
-
-    cfg = read_config(folder)
-    if cfg.steps != steps or int(load_trainer_state(folder)["step"]) != steps:
-        return None
-    times = cfg.extra.get("times", {})
-    log = read_loss_log(folder, steps)
-    return {
-        "steps": steps,
-        "times": times,
-        "last_loss": log[-1][1] if log else float("nan"),
-        "ms_per_step": round(1000 * times.get("train_s", 0.0) / max(1, steps), 1),
-    }
-
-
-def load_scored_run(folder: Path, data, category: str):
-    """(model, cfg) of a trained run whose scorer is the benchmarks' ``SCORE`` map, calibrated
-    on ``category``'s normals: the same scorer for every method and seed of a category, also
-    for unified runs and runs trained when another map was the default."""
+def scored_detector(
+    folder: Path,
+    data,
+    category: str,
+    noise_seed: int = 0,
+    eval_settings: dict | None = None,
+    device: str = "cpu",
+) -> CCADDetector:
+    """The trained run in ``folder`` as a detector whose scorers are the benchmarks' (main
+    map ``SCORE``), calibrated on ``category``'s normals: the same scorer for every method
+    and seed of a category. For a multi-class run this differs from ``evaluate_run``, which
+    calibrates on all the categories the model was trained on; the published benchmark
+    rows were made this way. ``eval_settings`` set fields read at inference."""
     from ccad_tutorial.datasets import load_split
-    from ccad_tutorial.model import build_scorer
-    from ccad_tutorial.train import load_run
 
-    model, cfg = load_run(folder, device="cpu")
-    if cfg.score_mode != SCORE or "+" in cfg.extra.get("train_args", {}).get("category", ""):
-        train = load_split(data, "mvtec", category, "train", cfg.image_size)
-        model.scorer = build_scorer(cfg, SCORE).calibrate(train.images).eval()
-    return model, cfg
+    detector = CCADDetector.from_pretrained(
+        folder, device=device, noise_seed=noise_seed, progress=False
+    )
+    set_inference_fields(detector.cfg, eval_settings or {}, "eval_settings")
+    train = load_split(data, "mvtec", category, "train", detector.cfg.image_size)
+    return detector.fit_scorers(detector.cfg, train.images, SCORE)
 
 
 def _evaluate(folder: Path, data, category: str, eval_settings, noise_seed: int) -> dict:
-    """Metrics of the run in ``folder`` (inference fields optionally overridden).
-
-    One reconstruction of the test split, scored twice: the row's metrics come from the
-    feature map (``SCORE``, the presets' default: a fixed random-init ResNet-50 calibrated on
-    the category's normals, the same scorer for every method and seed), the
-    ``l1_<metric>`` keys from the pixel-L1 map of the same reconstructions.
-    """
+    """Metrics of the run in ``folder`` on ``category``'s test split (``evaluate``)."""
     from ccad_tutorial.datasets import load_split
-    from ccad_tutorial.model import build_scorer
-    from ccad_tutorial.train import set_inference_fields
 
-    model, cfg = load_scored_run(folder, data, category)
-    set_inference_fields(model.cfg, eval_settings or {}, "eval_settings")
-    test = load_split(data, "mvtec", category, "test", cfg.image_size)
-    start = time.perf_counter()
-    recons = model.reconstruct(test.images, noise_seed=noise_seed, progress=False)
-    row = _map_metrics(model.scorer, test, recons)
-    infer_s = time.perf_counter() - start
-    return {
-        **row,
-        **_map_metrics(build_scorer(cfg, "l1"), test, recons, prefix="l1_"),
-        "score": SCORE,
-        "infer_s_per_image": round(infer_s / len(test.labels), 4),
-        "n_test": len(test.labels),
-    }
+    detector = scored_detector(folder, data, category, noise_seed, eval_settings)
+    test = load_split(data, "mvtec", category, "test", detector.cfg.image_size)
+    return {**evaluate(detector, test), "score": SCORE}
 
 
 def summarise(
@@ -376,30 +298,23 @@ def category_means(rows: Iterable[dict], by: str = "method") -> list[dict]:
 
 
 def format_table(table: list[dict], by: Sequence[str], keys: Sequence[str] = METRICS) -> str:
-    """Plain-text table of ``summarise`` output: ``mean +- std`` per key."""
-    header = [*by, *keys, "seeds"]
-    lines = []
-    for entry in table:
-        cells = [str(entry[b]) for b in by]
-        for key in keys:
-            std = entry.get(f"{key}_std", 0.0)
-            cells.append(f"{entry[key]:.3f} +- {std:.3f}" if key in entry else "-")
-        cells.append(str(entry.get("n_seeds", "")))
-        lines.append(cells)
-    widths = [max(len(r[i]) for r in [header, *lines]) for i in range(len(header))]
-    out = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
-    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in lines]
-    return "\n".join(out)
+    """``summarise`` output as a Markdown table (``page.markdown_table``): ``mean +- std``
+    per key, the number of seeds last."""
+    from ccad_tutorial.page import markdown_table
+
+    def cell(entry: dict, key: str) -> str:
+        std = entry.get(f"{key}_std", 0.0)
+        return f"{entry[key]:.3f} +- {std:.3f}" if key in entry else "-"
+
+    rows = [
+        [*(str(e[b]) for b in by), *(cell(e, k) for k in keys), e.get("n_seeds", "")] for e in table
+    ]
+    return markdown_table([*by, *keys, "seeds"], rows)
 
 
 def write_result(path: str | os.PathLike, key: str, payload: dict) -> Path:
     """Write ``{key: payload}`` as JSON (atomically) to ``path``; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({key: payload}, indent=2, default=float) + "\n")
-    os.replace(tmp, path)
-    return path
+    return runs.write_json(path, {key: payload}, default=float)
 
 
 # ---------------------------------------------------------------------- the benchmark scripts

@@ -11,138 +11,63 @@ Training minimises ||eps - eps_hat||^2 (``CCAD.loss``), with the condition dropp
 null token for a fraction ``cond_dropout`` of the images. Reconstruction noises the input to
 ``t_start`` and runs DDIM back to 0 (``CCAD.reconstruct``), guided by
 eps_null + w (eps_bank - eps_null) when ``guidance_scale`` w != 1; ``CCAD.generate`` starts
-from pure noise instead. The anomaly map compares input and reconstruction
-(``CCAD.anomaly_maps``). Frozen as in the paper's figure: VAE, feature
+from pure noise instead. The anomaly map, which compares input and reconstruction, is the
+detector's (``detectors.CCADDetector``). Frozen as in the paper's figure: VAE, feature
 extractor and (for pretrained weights, ``freeze_encoder``) the UNet encoder + middle block;
 trained: UNet decoder, guidance copy, projection, FCM.
+
+The class is spread over three files: this one (construction, freezing, the latent
+space, the noise prediction and the loss, saving and loading), condition.py (the bank
+-> the tokens the GCBs read: ``CCAD.context``) and sampling.py (``CCAD.reconstruct``,
+``CCAD.generate``); the networks are built in networks.py.
 """
 
 from __future__ import annotations
 
-import math
+import os
 from pathlib import Path
 
 import torch
-from diffusers import (
-    AutoencoderKL,
-    ControlNetModel,
-    DDIMScheduler,
-    DDPMScheduler,
-    UNet2DConditionModel,
-)
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from torch import Tensor, nn
 
+from ccad_tutorial import runs
+from ccad_tutorial.bank import CoarseFeatureBank
+from ccad_tutorial.condition import ConditionMixin
 from ccad_tutorial.fcm import FineCompressionModule
 from ccad_tutorial.features import FeatureExtractor
+from ccad_tutorial.networks import build_guidance, build_unet, build_vae
 from ccad_tutorial.presets import CCADConfig
-from ccad_tutorial.scoring import AnomalyScorer
+from ccad_tutorial.sampling import SamplingMixin
 
 
-def build_unet(cfg: CCADConfig) -> UNet2DConditionModel:
-    """The denoiser: diffusers' SD UNet with our widths; input and output have x0's channels."""
-    channels = cfg.latent_channels if cfg.latent else 3
-    return UNet2DConditionModel(
-        sample_size=cfg.image_size // (latent_factor(cfg) if cfg.latent else 1),
-        in_channels=channels,
-        out_channels=channels,
-        block_out_channels=cfg.block_out_channels,
-        down_block_types=cfg.down_block_types,
-        up_block_types=cfg.up_block_types,
-        layers_per_block=cfg.layers_per_block,
-        cross_attention_dim=cfg.cross_attention_dim,
-        attention_head_dim=cfg.attention_heads,
-        norm_num_groups=cfg.norm_num_groups,
-    )
-
-
-def build_vae(cfg: CCADConfig) -> AutoencoderKL:
-    """A KL autoencoder (SD's first stage); tiny preset: no attention, 4x down."""
-    n = len(cfg.vae_block_out_channels)
-    return AutoencoderKL(
-        down_block_types=("DownEncoderBlock2D",) * n,
-        up_block_types=("UpDecoderBlock2D",) * n,
-        block_out_channels=cfg.vae_block_out_channels,
-        layers_per_block=cfg.vae_layers_per_block,
-        latent_channels=cfg.latent_channels,
-        norm_num_groups=min(32, cfg.vae_block_out_channels[0]),
-        sample_size=cfg.image_size,
-        mid_block_add_attention=cfg.preset == "sd15",
-    )
-
-
-def latent_factor(cfg: CCADConfig) -> int:
-    """How much the VAE shrinks each side: 2 ** (number of VAE levels - 1)."""
-    return 2 ** (len(cfg.vae_block_out_channels) - 1)
-
-
-def build_guidance(
-    cfg: CCADConfig, unet: UNet2DConditionModel, factor: int
-) -> ControlNetModel | None:
-    """DiAD's semantic-guidance copy: ControlNetModel.from_unet, fed the clean image.
-
-    Its conditioning embedding must shrink the image by ``factor`` to x0's size: one
-    stride-2 conv per factor of two (so V, factor 1, keeps full resolution).
-    """
-    if cfg.guidance == "none":
-        return None
-    n_levels = int(math.log2(factor)) + 1
-    embed_channels = (16, 32, 96, 256)[:n_levels]
-    copy = ControlNetModel.from_unet
-    return copy(unet, conditioning_embedding_out_channels=embed_channels)
-
-
-def build_scorer(cfg: CCADConfig, mode: str | None = None) -> AnomalyScorer:
-    """The run's anomaly scorer (``mode`` overrides ``cfg.score_mode``); calibrate it on the
-    normals before use.
-
-    A random-init backbone is drawn by ``FeatureExtractor`` from its own fixed seed, leaving
-    the global RNG untouched: like pretrained weights, it is the same network for every run
-    and seed, and choosing the scorer never changes the trained model.
-    """
-    return AnomalyScorer(
-        backbone=cfg.score_backbone,
-        layers=cfg.score_layers,
-        pretrained=cfg.score_pretrained,
-        mode=mode or cfg.score_mode,
-    )
-
-
-def image_noise(shape: torch.Size, seed: int, first_index: int) -> Tensor:
-    """Gaussian noise (B, C, h, w) where image i of the data set always gets the same draw.
-
-    Each image's noise comes from its own generator seeded by (seed, index), so the
-    reconstruction of an image does not depend on the batch it is in.
-    """
-    draws = [
-        torch.randn(
-            shape[1:], generator=torch.Generator().manual_seed(seed * 1_000_003 + first_index + i)
-        )
-        for i in range(shape[0])
-    ]
-    return torch.stack(draws)
-
-
-class CCAD(nn.Module):
+class CCAD(ConditionMixin, SamplingMixin, nn.Module):
     """The whole model of one run.
 
     Args:
         cfg: the run's CCADConfig.
-        bank: the Coarse Feature Bank, (M, D) normal features (CoarseFeatureBank.features).
-        unet, vae: ready diffusers modules (``from_pretrained``); built from cfg if None.
+        bank: the Coarse Feature Bank (``bank.CoarseFeatureBank``, saved with the model), or
+            its (M, D) normal features alone.
+        unet, vae: ready diffusers modules (``from_stable_diffusion``); from cfg if None.
         bank_labels: (M,) long, the category index of each bank entry (bank_mode="category";
             None: every entry belongs to category 0).
+
+    The condition's methods are ``ConditionMixin``'s (condition.py), the sampler's
+    ``SamplingMixin``'s (sampling.py).
     """
 
     def __init__(
         self,
         cfg: CCADConfig,
-        bank: Tensor,
+        bank: Tensor | CoarseFeatureBank,
         unet: UNet2DConditionModel | None = None,
         vae: AutoencoderKL | None = None,
         bank_labels: Tensor | None = None,
     ) -> None:
         super().__init__()
         self.cfg = cfg
+        self.coarse_bank = bank if isinstance(bank, CoarseFeatureBank) else None
+        bank = bank.features if isinstance(bank, CoarseFeatureBank) else bank
         self.register_buffer("bank", bank.detach().float().clone())  # (M, D), the CFB
         labels = torch.zeros(len(bank), dtype=torch.long) if bank_labels is None else bank_labels
         self.register_buffer("bank_labels", labels.detach().long().clone(), persistent=False)
@@ -166,7 +91,6 @@ class CCAD(nn.Module):
             self.extractor = FeatureExtractor(
                 cfg.backbone, cfg.feature_layers, pool="image", pretrained=cfg.pretrained_backbone
             )
-        self.scorer = build_scorer(cfg)
         self.noise_scheduler = DDPMScheduler(
             num_train_timesteps=cfg.num_train_timesteps,
             beta_start=cfg.beta_start,
@@ -180,8 +104,11 @@ class CCAD(nn.Module):
                     net.enable_gradient_checkpointing()  # diffusers' own switch
 
     @classmethod
-    def from_pretrained(cls, path_or_repo_id: str | Path, cfg: CCADConfig, bank: Tensor) -> CCAD:
-        """Load the UNet and VAE of an SD-layout folder or hub id (``unet/``, ``vae/``)."""
+    def from_stable_diffusion(
+        cls, path_or_repo_id: str | Path, cfg: CCADConfig, bank: Tensor | CoarseFeatureBank
+    ) -> CCAD:
+        """A new CCAD starting from the UNet and VAE of an SD-layout folder or hub id
+        (``unet/``, ``vae/``, as in stable-diffusion-v1-5)."""
         try:
             unet = UNet2DConditionModel.from_pretrained(path_or_repo_id, subfolder="unet")
             vae = (
@@ -191,17 +118,80 @@ class CCAD(nn.Module):
             )
         except OSError as err:
             raise ValueError(
-                f"Could not load SD weights from {path_or_repo_id!r}: expected a folder (or hub id) "
-                f"with unet/ and vae/ subfolders as in runwayml/stable-diffusion-v1-5 ({err})."
+                f"Could not load SD weights from {path_or_repo_id!r}: expected a folder (or "
+                "hub id) with unet/ and vae/ subfolders as in stable-diffusion-v1-5 "
+                f"({err})."
             ) from err
         if vae is not None:
             cfg.scaling_factor = float(vae.config.scaling_factor)
         return cls(cfg, bank, unet=unet, vae=vae)
 
+    def save_pretrained(
+        self, path: str | os.PathLike, weights: bool = True, config: bool = True
+    ) -> Path:
+        """Write the model to the folder ``path`` (``runs``' layout), atomically: its
+        weights (model.safetensors) and its config.json (with the UNet and VAE configs) and
+        bank.safetensors. ``CCAD.from_pretrained(path)`` reads it back."""
+        path = Path(path)
+        if weights:
+            runs.write_safetensors(path / "model.safetensors", self.state_dict())
+        if config:
+            self.cfg.extra["unet_config"] = dict(self.unet.config)
+            if self.vae is not None:
+                self.cfg.extra["vae_config"] = dict(self.vae.config)
+            runs.write_config(path, self.cfg)
+            if self.coarse_bank is not None:
+                self.coarse_bank.save(path / "bank.safetensors")
+        return path
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | os.PathLike, device: str = "auto", use_ema: bool = True
+    ) -> CCAD:
+        """A trained CCAD from its folder (``save_pretrained``, or a training run), in
+        eval mode on ``device``; the run's config is ``model.cfg``.
+
+        ``use_ema``: load ema.safetensors over the trainable weights when the run has one.
+        """
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+
+        from ccad_tutorial.bank import CoarseFeatureBank, entry_labels
+        from ccad_tutorial.modes import resolve_device
+
+        path = Path(path)
+        cfg = runs.read_config(path)
+        if not (path / "model.safetensors").is_file():
+            raise ValueError(
+                f"{path} has no checkpoint (model.safetensors) yet; train it or resume training."
+            )
+        bank = CoarseFeatureBank.load(path / "bank.safetensors")
+        unet = vae = None
+        if "unet_config" in cfg.extra:
+            unet = UNet2DConditionModel.from_config(cfg.extra["unet_config"])
+        if "vae_config" in cfg.extra and cfg.latent:
+            vae = AutoencoderKL.from_config(cfg.extra["vae_config"])
+        labels = entry_labels(bank, cfg.extra.get("train_counts"))
+        model = cls(cfg, bank, unet=unet, vae=vae, bank_labels=labels)
+        model.load_weights(path / "model.safetensors")
+        if use_ema and (path / "ema.safetensors").is_file():
+            model.load_weights(path / "ema.safetensors", strict=False)
+        return model.to(resolve_device(device)).eval()
+
+    def load_weights(self, file: Path, strict: bool = True) -> None:
+        """Weights of a .safetensors file (the whole model, or with ``strict=False`` the
+        trained part); a file that does not fit the config names the file."""
+        weights = runs.load_safetensors(file)
+        # runs written when the model held its anomaly scorer: that is the detector's now
+        weights = {k: v for k, v in weights.items() if not k.startswith("scorer.")}
+        try:
+            self.load_state_dict(weights, strict=strict)
+        except RuntimeError as err:
+            raise ValueError(f"{file} does not match config.json ({err}).") from err
+
     # ------------------------------------------------------------------ freezing
     def freeze(self) -> None:
         """requires_grad as in the paper's figure (see the module docstring)."""
-        for module in (self.vae, self.scorer, self.extractor):
+        for module in (self.vae, self.extractor):
             if module is not None:
                 module.requires_grad_(False).eval()
         if self.cfg.freeze_encoder:
@@ -259,97 +249,6 @@ class CCAD(nn.Module):
     @property
     def scaling_factor(self) -> float:
         return self.cfg.scaling_factor if self.cfg.scaling_factor is not None else 1.0
-
-    # ------------------------------------------------------------------ condition
-    def context(
-        self,
-        batch_size: int,
-        bank: Tensor | None = None,
-        query: Tensor | None = None,
-        labels: Tensor | None = None,
-    ) -> Tensor:
-        """The tokens every GCB cross-attends to, (B, T, ctx_dim).
-
-        ``bank`` (M, D) replaces the run's CFB (the condition swap): in bank_mode "shared"
-        and "category" it is the whole condition of every image (a category's bank given in
-        place of the one the image would get), in "retrieved" the entries are retrieved from
-        it. ``query`` (B, D) holds the inputs' global features (bank_mode "retrieved" and
-        "category"); ``labels`` (B,) the inputs' category indices (bank_mode="category";
-        known in training, chosen by ``query`` otherwise).
-        """
-        if self.cfg.variant == "uncond":
-            return self.null_context(batch_size)  # (B, 1, ctx)
-        if self.cfg.bank_mode == "retrieved":
-            tokens = self.retrieve(self.bank if bank is None else bank.to(self.bank), query)
-        elif bank is not None:
-            tokens = bank.to(self.bank).unsqueeze(0).expand(batch_size, -1, -1)
-        elif self.cfg.bank_mode == "category":
-            labels = self.assign_category(query) if labels is None else labels
-            tokens = self.category_tokens(labels.to(self.bank.device))  # (B, M_c, D)
-        else:
-            tokens = self.bank.unsqueeze(0).expand(batch_size, -1, -1)  # (B, M, D): shared
-        return self.condition(tokens)
-
-    def condition(self, tokens: Tensor) -> Tensor:
-        """Bank vectors (B, M, D) -> context (B, T, ctx_dim).
-
-        Variant F reads the bank with the FCM, C projects each vector (LayerNorm + Linear).
-        """
-        return self.fcm(tokens) if self.cfg.variant == "F" else self.proj(tokens)
-
-    def null_context(self, batch_size: int, length: int = 1) -> Tensor:
-        """The learned null token as a context (B, length, ctx_dim): "no condition".
-
-        Attention over ``length`` copies of one token equals attention over that one token,
-        so a dropped condition can share a batch with bank contexts of any length.
-        """
-        return self.null_token.unsqueeze(0).expand(batch_size, length, -1)
-
-    def retrieve(self, bank: Tensor, query: Tensor) -> Tensor:
-        """The k bank entries nearest to each query: bank (M, D), query (B, D) -> (B, k, D).
-
-        Only the NEIGHBOURS enter the condition, never the input's own feature (that would
-        leak the anomaly). An entry identical to the query (a training image that is in the
-        bank itself) is skipped, so training sees what testing sees.
-        """
-        if query is None:
-            raise ValueError('bank_mode="retrieved" needs the inputs\' global features (query).')
-        dist = torch.cdist(query.to(bank), bank)  # (B, M)
-        dist = dist.masked_fill(dist < 1e-6, float("inf"))
-        k = min(self.cfg.retrieve_k, bank.shape[0] - 1)
-        idx = dist.topk(k, largest=False).indices  # (B, k)
-        return bank[idx]
-
-    def assign_category(self, query: Tensor | None) -> Tensor:
-        """(B,) the category of the bank entry nearest to each query (B, D).
-
-        At test time the category is unknown: the input's global feature picks the category
-        whose CFB holds its nearest normal feature (``category_error`` says how often wrongly).
-        """
-        if query is None:
-            raise ValueError('bank_mode="category" needs the inputs\' global features (query).')
-        nearest = torch.cdist(query.to(self.bank), self.bank).argmin(1)  # (B,)
-        return self.bank_labels[nearest]
-
-    def category_tokens(self, labels: Tensor) -> Tensor:
-        """The whole CFB of each input's category: labels (B,) -> (B, M_c, D).
-
-        Categories with fewer entries repeat theirs cyclically up to the largest count (the
-        attention weights of a repeated set are those of the set, up to the repetition).
-        """
-        size = int(torch.bincount(self.bank_labels).max())
-        banks = []
-        for c in labels.tolist():
-            rows = torch.nonzero(self.bank_labels == c).flatten()
-            if len(rows) == 0:
-                raise ValueError(f"bank_mode='category': the bank has no entry of category {c}.")
-            banks.append(self.bank[rows[torch.arange(size, device=rows.device) % len(rows)]])
-        return torch.stack(banks)
-
-    @torch.no_grad()
-    def global_features(self, images: Tensor) -> Tensor | None:
-        """The retrieval query (B, D) of images (B, 3, H, W); None in bank_mode="shared"."""
-        return None if self.extractor is None else self.extractor(images)
 
     # ------------------------------------------------------------------ denoiser
     def predict_noise(
@@ -433,114 +332,3 @@ class CCAD(nn.Module):
         """The training loss, ``loss(...)``: DistributedDataParallel (``accel``) averages
         gradients over processes only for what a module computes in ``forward``."""
         return self.loss(x0, control, generator, **kwargs)
-
-    # ------------------------------------------------------------------ reconstruction
-    def ddim(
-        self, t_start: int | None = None, steps: int | None = None
-    ) -> tuple[DDIMScheduler, Tensor]:
-        """A DDIM scheduler and its timesteps, starting exactly at ``t_start``.
-
-        ``t_start`` and ``steps`` default to cfg's.
-
-        diffusers' DDIMScheduler steps from t to t - 1000 // num_inference_steps; we pick
-        num_inference_steps so that ``steps`` (cfg.ddim_steps) strides cover t_start -> 0.
-        The input is noised to the FIRST timestep (DiAD noises to 999 but starts DDIM
-        at 901).
-        The x0 estimate is clipped to [-1, 1] only where that is the data's range (pixels).
-        """
-        cfg = self.cfg
-        t_start = cfg.t_start if t_start is None else t_start
-        steps = cfg.ddim_steps if steps is None else steps
-        clip = (not cfg.latent) if cfg.clip_sample is None else cfg.clip_sample
-        sched = DDIMScheduler.from_config(
-            self.noise_scheduler.config, set_alpha_to_one=False, clip_sample=clip
-        )
-        stride = max(1, math.ceil(t_start / steps))
-        sched.set_timesteps(cfg.num_train_timesteps // stride)
-        # the stride step() will use
-        stride = cfg.num_train_timesteps // sched.num_inference_steps
-        timesteps = torch.arange(t_start, 0, -stride)[:steps]
-        sched.timesteps = timesteps
-        return sched, timesteps
-
-    def denoise(
-        self, x: Tensor, sched: DDIMScheduler, timesteps: Tensor, ctx: Tensor, control
-    ) -> Tensor:
-        """DDIM from x at timesteps[0] down to x0 (B, C, h, w), as ``guided_noise``."""
-        for t in timesteps:
-            eps = self.guided_noise(x, t.expand(x.shape[0]).to(x.device), ctx, control)
-            x = sched.step(eps, int(t), x, eta=self.cfg.eta).prev_sample
-        return x
-
-    @torch.no_grad()
-    def reconstruct(
-        self,
-        images: Tensor,
-        noise_seed: int = 0,
-        batch_size: int = 16,
-        bank: Tensor | None = None,
-        progress: bool = False,
-    ) -> Tensor:
-        """Repaint images (B, 3, H, W) in [0, 1] as normal.
-
-        Encode, noise to t_start, DDIM down to 0 conditioned on the bank, decode.
-
-        The noise comes from ``noise_seed`` (fixed at evaluation) and does not depend on
-        batch_size. Guided by ``cfg.guidance_scale`` (see ``guided_noise``). Returns
-        (B, 3, H, W) in [0, 1].
-        """
-        from tqdm.auto import tqdm
-
-        device = self.bank.device
-        sched, timesteps = self.ddim()
-        out = []
-        starts = range(0, len(images), batch_size)
-        for first in tqdm(starts, disable=not progress, leave=False):
-            chunk = images[first : first + batch_size].to(device)
-            x0 = self.encode(chunk)
-            noise = image_noise(x0.shape, noise_seed, first).to(x0)
-            # noise to the FIRST DDIM timestep
-            x = sched.add_noise(x0, noise, timesteps[:1])
-            ctx = self.context(x.shape[0], bank, self.global_features(chunk))
-            out.append(self.decode(self.denoise(x, sched, timesteps, ctx, chunk)).cpu())
-        return torch.cat(out)
-
-    @torch.no_grad()
-    def generate(self, bank: Tensor, n: int, seed: int = 0, steps: int = 25) -> Tensor:
-        """n images (n, 3, H, W) in [0, 1] from pure noise, conditioned on ``bank`` (M, D).
-
-        The positive control: the bank is the ONLY information about what to draw (full DDIM
-        from t = T - 1, guided by ``cfg.guidance_scale``). Needs no guidance copy (it would
-        need an input image). Sample i's noise depends on (seed, i) only.
-        """
-        if self.controlnet is not None:
-            raise ValueError(
-                "generate() has no input image for the guidance copy; use guidance='none'."
-            )
-        device = self.bank.device
-        h = self.cfg.image_size // self.factor
-        channels = self.unet.config.in_channels
-        x = image_noise(torch.Size((n, channels, h, h)), seed, 0).to(device)
-        ctx = (
-            self.null_context(n)
-            if self.cfg.variant == "uncond"
-            else self.condition(bank.to(self.bank).unsqueeze(0).expand(n, -1, -1))
-        )
-        sched, timesteps = self.ddim(self.cfg.num_train_timesteps - 1, steps)
-        return self.decode(self.denoise(x, sched, timesteps, ctx, None)).cpu()
-
-    @torch.no_grad()
-    def anomaly_maps(
-        self, images: Tensor, recons: Tensor | None = None, **kwargs
-    ) -> tuple[Tensor, Tensor]:
-        """Anomaly maps (B, 1, H, W) and image scores (B,); reconstructs first if recons is None."""
-        if recons is None:
-            recons = self.reconstruct(images, **kwargs)
-        device = self.bank.device
-        maps = torch.cat(
-            [
-                self.scorer(x.to(device), r.to(device)).cpu()
-                for x, r in zip(images.split(16), recons.split(16), strict=True)
-            ]
-        )
-        return maps, self.scorer.image_scores(maps)

@@ -13,7 +13,6 @@ mode without editing any notebook.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from dataclasses import dataclass, field
@@ -97,10 +96,9 @@ class Chapter:
         """
         self.results.update(numbers)
         if self.results_path is not None:
-            self.results_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.results_path.with_suffix(self.results_path.suffix + ".tmp")
-            tmp.write_text(json.dumps(self.results, indent=2, default=_jsonable))
-            os.replace(tmp, self.results_path)
+            from ccad_tutorial.runs import write_json
+
+            write_json(self.results_path, self.results, default=_jsonable)
 
 
 def _jsonable(value):

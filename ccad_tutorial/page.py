@@ -1,11 +1,11 @@
-"""What a chapter puts on its page besides figures: numbers glued into the prose, tables,
-and the package's own code.
+"""What a chapter puts on its page besides figures: numbers glued into the prose,
+tables, and the package's own code.
 
 A number in a chapter's prose comes from the cell that computed it, through myst-nb's
-``glue``: the cell calls :func:`glue`, the text writes ``{glue:text}`name:.3f```, and the
-built book shows the value the cell computed, so prose and output cannot disagree. In a
-plain Jupyter or Colab session the glue role stays visible as written (Jupyter does not
-render it); the value is in the cell's output instead.
+``glue``: the cell calls :func:`glue`, the text writes ``{glue:text}`name:.3f```, and
+the built book shows the value the cell computed, so prose and output cannot disagree.
+In a plain Jupyter or Colab session the glue role stays visible as written (Jupyter
+does not render it); the value is in the cell's output instead.
 """
 
 from __future__ import annotations
@@ -15,7 +15,11 @@ import numbers
 from collections.abc import Sequence
 from typing import Any
 
-from IPython.display import Markdown, display
+# the command line prints markdown_table where IPython (a book tool) may be missing
+try:
+    from IPython.display import Markdown, display
+except ImportError:  # pragma: no cover
+    Markdown = display = None
 
 __all__ = ["glue", "glue_all", "markdown_table", "show_table", "show_code"]
 
@@ -38,7 +42,8 @@ def _plain(value: Any) -> Any:
 
 
 def glue(name: str, value: Any) -> Any:
-    """Store ``value`` under ``name`` for the prose (``{glue:text}`name:.3f```); returns it.
+    """Store ``value`` under ``name`` for the prose (``{glue:text}`name:.3f```);
+    returns it.
 
     Nothing is displayed. Without myst-nb (a Colab session without the book tools) this
     only returns the value.
@@ -53,7 +58,8 @@ def glue(name: str, value: Any) -> Any:
 
 
 def glue_all(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """:func:`glue` each item of ``values`` as ``prefix + key``; returns the plain values."""
+    """:func:`glue` each item of ``values`` as ``prefix + key``; returns the plain
+    values."""
     return {key: glue(prefix + key, value) for key, value in values.items()}
 
 
@@ -68,7 +74,11 @@ def markdown_table(
     rows: Sequence[Sequence[Any]],
     digits: int = 3,
 ) -> str:
-    """A pipe table, floats at ``digits`` decimals (the book renders it as a table)."""
+    """A pipe table, floats at ``digits`` decimals (the book renders it as a table).
+
+    The package's one table writer: chapters display it with :func:`show_table`, and
+    since it needs no IPython, scripts and the command line print it as it is.
+    """
     for i, row in enumerate(rows):
         if len(row) != len(header):
             cells = f"row {i} has {len(row)} cells"
@@ -107,7 +117,8 @@ def show_code(*objects: Any) -> None:
             where = f"{inspect.getsourcefile(obj)}, {obj.__qualname__}"
             raise ValueError(
                 f"{where}: line {i} of the shown code is {len(line)} characters, wider "
-                f"than the book's column ({CODE_COLUMN}); rewrap it: {line.strip()[:60]}"
+                f"than the book's column ({CODE_COLUMN}); rewrap it: "
+                f"{line.strip()[:60]}"
             )
         source = "\n".join(lines)
         display(Markdown(f"```python\n{source}\n```"))

@@ -250,3 +250,17 @@ def make_config(preset: str = "tiny", variant: str = "F", **overrides) -> CCADCo
     if bad:
         raise ValueError(f"unknown CCADConfig fields {bad}; see ccad_tutorial.presets.CCADConfig.")
     return dataclasses.replace(cfg, **overrides)
+
+
+def set_inference_fields(cfg: CCADConfig, values: dict, what: str = "an evaluation") -> None:
+    """Set fields read at inference (t_start, guidance_scale, ...) on a loaded run's cfg;
+    anything else would not match the trained weights and is refused, naming ``what``
+    asked."""
+    for key, value in values.items():
+        if key not in INFERENCE_FIELDS:
+            raise ValueError(
+                f"{what} may set only {INFERENCE_FIELDS} (read at inference), not {key!r}: "
+                "it is fixed when a run is trained."
+            )
+        setattr(cfg, key, value)
+    CCADConfig.__post_init__(cfg)  # the same checks as a new config (guidance needs dropout)

@@ -37,17 +37,12 @@ from pathlib import Path
 import torch
 
 from ccad_tutorial.datasets import DataError, list_categories, load_dataset
+from ccad_tutorial.detectors import split_categories, train_run
 from ccad_tutorial.download import MVTEC_CATEGORIES
+from ccad_tutorial.evaluation import evaluate_run
 from ccad_tutorial.modes import SD15_HUB_ID, resolve_device, resolve_mode
 from ccad_tutorial.presets import make_config
-from ccad_tutorial.train import (
-    atomic_write,
-    evaluate_run,
-    read_config,
-    read_loss_log,
-    split_categories,
-    train_run,
-)
+from ccad_tutorial.runs import RUN_FILES, atomic_write, read_config, read_loss_log, write_json
 
 METRICS = ("image_auroc", "pixel_auroc", "aupro", "f1_max")
 METRIC_NAMES = {
@@ -89,7 +84,6 @@ REFERENCE = {
         "source": "PatchCore (CVPR 2022) paper: WideResNet-50, 10 % coreset, per category",
     },
 }
-RUN_FILES = ("config.json", "bank.safetensors", "vae.safetensors", "loss_log.csv")
 MULTICLASS = "multiclass"  # the run folder of the one multi-class model, inside <out>
 SETTINGS = {False: "multi-class", True: "per category"}  # by per_category
 
@@ -290,7 +284,7 @@ def train_model(data: str | os.PathLike, run: Path, category: str, r: Recipe) ->
                 f"{run} holds a model trained on {trained_on}, not {category}: "
                 "run the same categories again, or choose another --out."
             )
-        done = read_loss_log(run, 2**62)
+        done = read_loss_log(run)
         if done and done[-1][0] >= (r.steps or cfg.steps):
             print(f"  {run}: trained ({done[-1][0]} steps), not again", flush=True)
             return
@@ -329,11 +323,9 @@ def evaluate_category(
         device=r.device,
         progress=r.progress,
     )
-    config = json.loads((run / "config.json").read_text())
-    metrics.update(config["extra"].get("times", {}))  # the model's times
+    metrics.update(read_config(run).extra.get("times", {}))  # the model's times
     metrics.update(setting=SETTINGS[r.per_category], run=str(run))
-    text = json.dumps(metrics, indent=2)
-    atomic_write(metrics_path, lambda p: p.write_text(text + "\n"))
+    write_json(metrics_path, metrics)
     return metrics
 
 
@@ -392,28 +384,25 @@ def summarise(per_category: dict[str, dict], setting: dict) -> dict:
 
 
 def markdown_table(results: dict) -> str:
-    """The results as a Markdown table: categories, their mean, then the reference rows,
-    each with the setting its numbers come from."""
-    header = "| | setting | " + " | ".join(METRIC_NAMES[k] for k in METRICS) + " |"
-    lines = [header, "|---" * (len(METRICS) + 2) + "|"]
+    """The results as a Markdown table (``page.markdown_table``): categories, their mean,
+    then the reference rows, each with the setting its numbers come from."""
+    from ccad_tutorial.page import markdown_table as table
 
-    def row(name: str, setting: str, values: dict) -> str:
-        cells = [f"{values[k]:.3f}" if k in values else "-" for k in METRICS]
-        return f"| {name} | {setting} | " + " | ".join(cells) + " |"
+    def row(name: str, setting: str, values: dict) -> list:
+        return [name, setting, *(values.get(k, "-") for k in METRICS)]
 
     ours = results["setting"]["training"]
-    lines += [row(c, ours, m) for c, m in results["categories"].items()]
-    lines.append(row(f"**mean of {len(results['categories'])} (ours)**", ours, results["mean"]))
-    lines += [row(name, ref["setting"], ref) for name, ref in results["reference"].items()]
+    rows = [row(c, ours, m) for c, m in results["categories"].items()]
+    rows.append(row(f"**mean of {len(results['categories'])} (ours)**", ours, results["mean"]))
+    rows += [row(name, ref["setting"], ref) for name, ref in results["reference"].items()]
+    lines = table(["", "setting", *(METRIC_NAMES[k] for k in METRICS)], rows)
     sources = [f"- {name}: {ref['source']}" for name, ref in results["reference"].items()]
     setting = results["setting"]
     title = f"CCAD({setting['variant']}), preset {setting['preset']}, {ours}"
-    return "\n".join([f"**{title}**", "", *lines, "", results["note"], "", *sources]) + "\n"
+    return "\n".join([f"**{title}**", "", lines, "", results["note"], "", *sources]) + "\n"
 
 
 def write_results(results: dict, out: Path) -> None:
     """``out/results.json`` and ``out/results.md``, atomically."""
-    text = json.dumps(results, indent=2)
-    atomic_write(out / "results.json", lambda p: p.write_text(text + "\n"))
-    table = markdown_table(results)
-    atomic_write(out / "results.md", lambda p: p.write_text(table))
+    write_json(out / "results.json", results)
+    atomic_write(out / "results.md", markdown_table(results))

@@ -8,6 +8,8 @@ read them with ``load_benchmark(name)``, which looks, in order, in
    editable install: the book build and CI);
 3. the same file on the project's repository (raw GitHub URL), only if ``download=True``
    (Colab, where the package is pip-installed without the benchmarks).
+
+``generation_summary`` condenses the positive control of ``condition_at_work`` (chapter 5).
 """
 
 from __future__ import annotations
@@ -73,3 +75,28 @@ def load_result_file(filename: str, download: bool = False) -> bytes:
         f"benchmarks/results/{filename} not found (searched {searched}); pass download=True to "
         "fetch the published file."
     )
+
+
+def generation_summary(work: dict) -> dict[tuple[str, float], dict]:
+    """The positive control of the ``condition_at_work`` benchmark, per (model, w).
+
+    {(model, w): {"accuracy": mean over seeds of the share of samples named after the
+    bank they were given, "follows": mean over seeds of swap["moved"] (the sample follows
+    a change of bank), "chance", "seeds", "unconditioned": bool}}, in the benchmark's
+    model order, then by w.
+    """
+    groups: dict[tuple[str, float], list[dict]] = {}
+    for g in work["generation"]:
+        groups.setdefault((g["model"], g["w"]), []).append(g)
+    order = list(work["models"])
+    summary = {}
+    for key in sorted(groups, key=lambda k: (order.index(k[0]), k[1])):
+        runs = groups[key]
+        summary[key] = {
+            "accuracy": sum(g["accuracy"] for g in runs) / len(runs),
+            "follows": sum(g["swap"]["moved"] for g in runs) / len(runs),
+            "chance": runs[0]["chance"],
+            "seeds": len(runs),
+            "unconditioned": work["models"][key[0]]["variant"] == "uncond",
+        }
+    return summary

@@ -4,11 +4,12 @@ The chapter's verdicts rest on a few rules, written here once so that the book a
 tests apply the same ones:
 
 * **The seed spread.** Two means are compared against the larger of their standard
-  deviations over seeds (:func:`seed_spread`). With a single seed that deviation is unknown
-  (stored as 0), so 0.01 image AUROC stands in as a floor.
+  deviations over seeds (:func:`seed_spread`). With a single seed that deviation is
+  unknown (stored as 0), so 0.01 image AUROC stands in as a floor.
 * **A difference counts** only beyond a multiple of that spread (:func:`beyond_spread`):
-  the condition-at-work verdict asks for twice the spread, the per-category comparison of
-  the MiniTex-AD table for once.
+  the condition-at-work verdict asks for twice the spread, the per-category comparison
+  of the MiniTex-AD table for once. :func:`spread_verdict` says on which side a
+  difference lies, in the words chapters 6 and 8 print.
 * **A mean without a spread** is printed alone: ``0.972``, never ``0.972 ± 0.000`` for a
   single run (:func:`plus_minus`).
 
@@ -30,6 +31,7 @@ __all__ = [
     "SPREAD_FLOOR",
     "seed_spread",
     "beyond_spread",
+    "spread_verdict",
     "seed_std",
     "mean_over",
     "plus_minus",
@@ -65,7 +67,7 @@ SPREAD_FLOOR = 0.01  # image AUROC: the spread assumed when the seeds cannot mea
 DASH = "–"  # a table cell with no value
 
 
-# --------------------------------------------------------------------------- the rules
+# ---------------------------------------------------------------------- the rules
 def seed_spread(*stds: float, floor: float = SPREAD_FLOOR) -> float:
     """The spread means are compared against: the largest of their
     standard deviations over seeds, at least ``floor`` (one seed: std 0)."""
@@ -75,6 +77,23 @@ def seed_spread(*stds: float, floor: float = SPREAD_FLOOR) -> float:
 def beyond_spread(difference: float, spread: float, factor=2.0) -> bool:
     """Whether ``difference`` (signed: a gain) exceeds factor x spread."""
     return bool(difference > factor * spread)
+
+
+def spread_verdict(gain: float, spread: float, factor: float = 1.0) -> tuple[str, str]:
+    """The rule and its words: ``gain`` (a - b, signed) against ``factor`` x ``spread``.
+
+    Returns (side, words): side "above" (a gain beyond the bar), "below" (a loss
+    beyond it) or "within"; words as a sentence puts them after the gain,
+    e.g. "within twice the seed spread (0.040)".
+    """
+    names = {1.0: "the seed spread", 2.0: "twice the seed spread"}
+    bar = names.get(factor, f"{factor:g} x the seed spread")
+    bar += f" ({factor * spread:.3f})"
+    if beyond_spread(gain, spread, factor):
+        return "above", f"beyond {bar}"
+    if beyond_spread(-gain, spread, factor):
+        return "below", f"a loss beyond {bar}"
+    return "within", f"within {bar}"
 
 
 def generation_bar(chance: float) -> float:
@@ -106,7 +125,7 @@ def _w(w: float | None) -> str:
     return DASH if w is None else f"{w:g}"
 
 
-# --------------------------------------------------------------------------- pitfalls
+# ---------------------------------------------------------------------- pitfalls
 def chance_auroc_std(n_normal: int, n_defect: int) -> float:
     """Standard deviation of the AUROC of scores that are pure noise (the Mann-Whitney U
     statistic under the null hypothesis, divided by n0 n1):
@@ -122,9 +141,9 @@ def flipped_chance_auroc(n_normal: int, n_defect: int) -> float:
 
 
 def checkpoint_optimism(rows: Iterable[dict], key: str = "image_auroc") -> dict:
-    """Per variant of the convergence benchmark: the mean ``key`` at the fixed budget (the
-    last checkpoint of each run), the mean of each run's best checkpoint, and the mean
-    optimism ``best - fixed``. A run is one (variant, category, seed)."""
+    """Per variant of the convergence benchmark: the mean ``key`` at the fixed budget
+    (the last checkpoint of each run), the mean of each run's best checkpoint, and the
+    mean optimism ``best - fixed``. A run is one (variant, category, seed)."""
     runs: dict[tuple, list[dict]] = {}
     for row in rows:
         runs.setdefault((row["variant"], row["category"], row["seed"]), []).append(row)
@@ -144,7 +163,7 @@ def checkpoint_optimism(rows: Iterable[dict], key: str = "image_auroc") -> dict:
     return out
 
 
-# --------------------------------------------------------------------------- ablations
+# ---------------------------------------------------------------------- ablations
 def ablation_table(xi: dict) -> tuple[list[str], list[list]]:
     """The bank ablation (xi, K, pooling) as a table, grouped by factor, the preset's
     default value of each factor marked; ± only where a cell has several seeds."""
@@ -156,7 +175,8 @@ def ablation_table(xi: dict) -> tuple[list[str], list[list]]:
         entries = [e for e in xi["table"] if e["factor"] == factor]
         entries.sort(key=lambda e: _sort_key(e["value"]))
         for e in entries:
-            value = e["value"] + (" (default)" if defaults.get(factor) == e["value"] else "")
+            default = defaults.get(factor) == e["value"]
+            value = e["value"] + (" (default)" if default else "")
             rows.append([factor, value, f"{e['bank_size']:.0f}",
                          plus_minus(e, "image_auroc"), plus_minus(e, "pixel_auroc"),
                          plus_minus(e, "aupro")])  # fmt: skip
@@ -171,19 +191,20 @@ def _sort_key(value: str) -> tuple:
 
 
 def ablation_summary(xi: dict, table: dict, default_xi: float) -> dict:
-    """What the bank ablation's caption quotes: its category, the largest change of image
-    AUROC from the default cell, the seed std of the same variant and category in the
-    MiniTex-AD table ``table`` (the ablation itself has one seed), and the smallest xi
-    with its bank size."""
+    """What the bank ablation's caption quotes: its category, the largest change of
+    image AUROC from the default cell, the seed std of the same variant and category in
+    the MiniTex-AD table ``table`` (the ablation itself has one seed), and the smallest
+    xi with its bank size."""
     category = xi["categories"][0]
-    same = next(e for e in table["per_category"]
-                if (e["method"], e["category"]) == (xi["variant"], category))  # fmt: skip
+    key = (xi["variant"], category)
+    same = next(e for e in table["per_category"] if (e["method"], e["category"]) == key)
     by_xi = sorted((e for e in xi["table"] if e["factor"] == "xi"),
                    key=lambda e: float(e["value"]))  # fmt: skip
     default = next(e for e in by_xi if float(e["value"]) == default_xi)
+    base = default["image_auroc"]
     return {
         "category": category,
-        "max_change": max(abs(e["image_auroc"] - default["image_auroc"]) for e in xi["table"]),
+        "max_change": max(abs(e["image_auroc"] - base) for e in xi["table"]),
         "seed_std": same["image_auroc_std"],
         "small": float(by_xi[0]["value"]),
         "small_tokens": int(by_xi[0]["bank_size"]),
@@ -192,7 +213,8 @@ def ablation_summary(xi: dict, table: dict, default_xi: float) -> dict:
 
 def inference_curves(inference: dict) -> tuple[list[dict], list[dict]]:
     """The inference ablation's two one-factor sweeps: over ``t_start`` at the default
-    number of DDIM steps, and over DDIM steps at the default ``t_start``, each sorted."""
+    number of DDIM steps, and over DDIM steps at the default ``t_start``, each
+    sorted."""
     d = inference["defaults"]
     by_t = [e for e in inference["table"] if e["ddim_steps"] == d["ddim_steps"]]
     by_n = [e for e in inference["table"] if e["t_start"] == d["t_start"]]
@@ -206,47 +228,53 @@ def inference_summary(inference: dict) -> dict:
     by_t, by_n = inference_curves(inference)
     best = max(by_t, key=lambda e: e["image_auroc"])
     worst = min(by_t, key=lambda e: e["image_auroc"])
-    d = inference["defaults"]
+    d, fewest, most = inference["defaults"], by_n[0], by_n[-1]
     return {
         "t_default": d["t_start"], "steps_default": d["ddim_steps"],
         "t_best": best["t_start"], "t_best_auroc": best["image_auroc"],
         "t_worst": worst["t_start"], "t_worst_auroc": worst["image_auroc"],
-        "n_fewest": by_n[0]["ddim_steps"], "ms_fewest": 1000 * by_n[0]["infer_s_per_image"],
-        "n_most": by_n[-1]["ddim_steps"], "ms_most": 1000 * by_n[-1]["infer_s_per_image"],
+        "n_fewest": fewest["ddim_steps"],
+        "ms_fewest": 1000 * fewest["infer_s_per_image"],
+        "n_most": most["ddim_steps"], "ms_most": 1000 * most["infer_s_per_image"],
     }  # fmt: skip
 
 
 def scoring_table(inference: dict) -> tuple[list[str], list[list]]:
-    """The inference ablation's scorers (pixel L1, each feature layer, layers summed)."""
+    """The inference ablation's scorers (pixel L1, each feature layer, layers
+    summed)."""
     header = ["scorer", "image AUROC", "pixel AUROC", "AUPRO"]
     rows = [[e["scorer"], plus_minus(e, "image_auroc"), plus_minus(e, "pixel_auroc"),
              plus_minus(e, "aupro")] for e in inference["scoring"]]  # fmt: skip
     return header, rows
 
 
-def map_comparison_table(table: dict, methods: Sequence[str] = ("V", "C", "F", "uncond")):
+def map_comparison_table(
+    table: dict,
+    methods: Sequence[str] = ("V", "C", "F", "uncond"),
+):
     """MiniTex-AD table: the feature map against the pixel-L1 map on the same
     reconstructions, per method (mean over categories and seeds). Returns
-    ``(header, rows, better)`` with ``better`` the categories where CCAD(F)'s feature map
-    gives the higher image AUROC."""
+    ``(header, rows, better)`` with ``better`` the categories where CCAD(F)'s feature
+    map gives the higher image AUROC."""
     feat = {e["method"]: e for e in table["mean"]}
     pix = {e["method"]: e for e in table["mean_l1"]}
-    header = ["method", "feature map: image / pixel AUROC", "pixel-L1 map: image / pixel AUROC"]
+    maps = ("feature map", "pixel-L1 map")
+    header = ["method", *(f"{m}: image / pixel AUROC" for m in maps)]
     rows = [[m, f"{feat[m]['image_auroc']:.3f} / {feat[m]['pixel_auroc']:.3f}",
              f"{pix[m]['image_auroc']:.3f} / {pix[m]['pixel_auroc']:.3f}"]
             for m in methods if m in pix and m in feat]  # fmt: skip
     by_cat = {(e["method"], e["category"]): e for e in table["per_category"]}
     by_cat_l1 = {(e["method"], e["category"]): e for e in table["per_category_l1"]}
-    better = [c for c in table["categories"]
-              if by_cat[("F", c)]["image_auroc"] > by_cat_l1[("F", c)]["image_auroc"]]  # fmt: skip
+    feature_f = {c: by_cat[("F", c)]["image_auroc"] for c in table["categories"]}
+    better = [c for c, x in feature_f.items() if x > by_cat_l1[("F", c)]["image_auroc"]]
     return header, rows, better
 
 
-# --------------------------------------------------------------------------- per category
+# ---------------------------------------------------------------------- per category
 def condition_matters(table: dict, swap: dict) -> dict:
-    """The per-category answer (MiniTex-AD table and condition swap): CCAD(F) against the
-    unconditioned control, the largest mean AUROC change the swap causes, PatchCore's gap.
-    A gain or a swap change counts beyond ONE seed spread here."""
+    """The per-category answer (MiniTex-AD table and condition swap): CCAD(F) against
+    the unconditioned control, the largest mean AUROC change the swap causes,
+    PatchCore's gap. A gain or a swap change counts beyond ONE seed spread here."""
     mean = {e["method"]: e for e in table["mean"]}
     f, u, p = mean["F"], mean["uncond"], mean["patchcore"]
     gain = f["image_auroc"] - u["image_auroc"]
@@ -275,7 +303,8 @@ def condition_matters_table(table: dict, swap: dict) -> tuple[list[str], list[li
         ["gain F - uncond", f"{v['gain']:+.3f} (seed spread {v['spread']:.3f})"],
         ["swap: real bank -> other category, mean abs. AUROC change",
          f"{swap['other_abs_drop']:.3f}"],
-        ["swap: real bank -> zeros, mean abs. AUROC change", f"{swap['zeros_abs_drop']:.3f}"],
+        ["swap: real bank -> zeros, mean abs. AUROC change",
+         f"{swap['zeros_abs_drop']:.3f}"],
         ["swap: real bank -> shuffled, mean abs. AUROC change",
          f"{swap['shuffled_abs_drop']:.3f}"],
         ["swap: reconstruction change with another category's bank",
@@ -288,11 +317,12 @@ def condition_matters_table(table: dict, swap: dict) -> tuple[list[str], list[li
 def condition_matters_text(v: dict) -> str:
     """The verdict paragraph of :func:`condition_matters`."""
     helps, uses, ahead = v["helps"], v["uses_bank"], v["patchcore_minus_f"] > 0
+    _, words = spread_verdict(v["gain"], v["spread"], factor=1.0)
     return (
-        f"**Verdict at CPU scale.** The condition {'helps' if helps else 'does not help'}: "
-        f"the gain of CCAD(F) over the unconditioned control is {v['gain']:+.3f}, "
-        f"{'above' if helps else 'within'} the seed spread ({v['spread']:.3f}). The "
-        f"condition swap moves the image AUROC by at most {v['swap_drop']:.3f} on average, "
+        "**Verdict at CPU scale.** The condition "
+        f"{'helps' if helps else 'does not help'}: the gain of CCAD(F) over the "
+        f"unconditioned control is {v['gain']:+.3f}, {words}. The condition swap moves "
+        f"the image AUROC by at most {v['swap_drop']:.3f} on average, "
         f"{'more' if uses else 'less'} than the seed spread: the trained model "
         f"{'uses' if uses else 'largely ignores'} its bank. PatchCore with the same "
         f"random-init backbone is {abs(v['patchcore_minus_f']):.3f} "
@@ -300,7 +330,7 @@ def condition_matters_text(v: dict) -> str:
     )
 
 
-# --------------------------------------------------------------------------- repair
+# ---------------------------------------------------------------------- repair
 STAGE_NAMES = {
     "vae": "VAE encode + decode (whole image)",
     "vae_tiled": "VAE encode + decode, crop-sized tiles",
@@ -318,7 +348,12 @@ def stage_name(stage: str) -> str:
     return STAGE_NAMES.get(stage, stage)
 
 
-def _repair_mean(repair: list[dict], model: str, keys: Sequence[str], category=None) -> float:
+def _repair_mean(
+    repair: list[dict],
+    model: str,
+    keys: Sequence[str],
+    category=None,
+) -> float:
     values = []
     for r in repair:
         if r["model"] == model and category in (None, r["category"]):
@@ -330,8 +365,9 @@ def _repair_mean(repair: list[dict], model: str, keys: Sequence[str], category=N
 
 
 def repair_tables(work: dict) -> list[tuple[list[str], list[list]]]:
-    """The three tables of the sampler repair: latent values outside [-1, 1] per category,
-    the colour error per stage, and the AUROCs of the same weights through each path."""
+    """The three tables of the sampler repair: latent values outside [-1, 1] per
+    category, the colour error per stage, and the AUROCs of the same weights through
+    each path."""
     repair, categories = work["repair"], work["categories"]
     outside = ["latent values outside [-1, 1] (unified-uncond)"] + [
         f"{_repair_mean(repair, 'unified-uncond', ('latents', 'outside_unit'), c):.1%}"
@@ -352,10 +388,10 @@ def repair_tables(work: dict) -> list[tuple[list[str], list[list]]]:
 
 
 def repair_summary(work: dict) -> dict:
-    """The numbers the repair's paragraph quotes: share of latent values outside [-1, 1]
-    (lowest, highest category), colour errors clipped / not clipped, the AUROC changes of
-    the repair and of the tiled VAE (same weights). Keys ``uni_*``: unified-uncond,
-    ``pc_*``: per-category-uncond."""
+    """The numbers the repair's paragraph quotes: share of latent values outside
+    [-1, 1] (lowest, highest category), colour errors clipped / not clipped, the AUROC
+    changes of the repair and of the tiled VAE (same weights). Keys ``uni_*``:
+    unified-uncond, ``pc_*``: per-category-uncond."""
     repair, categories = work["repair"], work["categories"]
     outside = [_repair_mean(repair, "unified-uncond", ("latents", "outside_unit"), c)
                for c in categories]  # fmt: skip
@@ -381,7 +417,7 @@ def repair_summary(work: dict) -> dict:
     return out
 
 
-# --------------------------------------------------------------------------- main table
+# ---------------------------------------------------------------------- main table
 def main_table(work: dict) -> tuple[list[str], list[list]]:
     """Every model of the condition-at-work benchmark on the test split (mean over
     categories, ± over seeds where there are several); the chosen model in bold."""
@@ -404,14 +440,15 @@ def control_summary(work: dict) -> dict:
     control = by_model[("mean-normal", None)]
     rows = [e for k, e in by_model.items() if k[0] != "mean-normal"]
     above = [e for e in rows if e["image_auroc"] > control["image_auroc"]]
-    return {"image_auroc": control["image_auroc"], "pixel_auroc": control["pixel_auroc"],
+    return {"image_auroc": control["image_auroc"],
+            "pixel_auroc": control["pixel_auroc"],
             "n_above": len(above), "n_rows": len(rows)}  # fmt: skip
 
 
 def choice_summary(work: dict) -> dict:
     """What the validation choice's paragraphs quote: the chosen candidate's validation
-    image AUROC, its w = 0 twin's, their difference, the range over all candidates; on the
-    test split, the chosen model's lowest and highest image AUROC over w, and the
+    image AUROC, its w = 0 twin's, their difference, the range over all candidates; on
+    the test split, the chosen model's lowest and highest image AUROC over w, and the
     references (unified-uncond, per-category-uncond, mean-normal)."""
     choice = work["choice"]
     chosen, w = choice["model"], choice["guidance_scale"]
@@ -431,14 +468,16 @@ def choice_summary(work: dict) -> dict:
 
 
 def validation_table(work: dict) -> tuple[list[str], list[list]]:
-    """Validation image AUROC of each candidate (bank mode x w), the chosen one in bold."""
+    """Validation image AUROC of each candidate (bank mode x w), the chosen one in
+    bold."""
     choice, sweep = work["choice"], work["w_sweep"]
     chosen = (choice["model"], choice["guidance_scale"])
     val = {(e["model"], e["w"]): e["image_auroc"] for e in choice["table"]}
     rows = []
     for m in dict.fromkeys(e["model"] for e in choice["table"]):
         cells = [f"{val[(m, w)]:.3f}" if (m, w) in val else DASH for w in sweep]
-        cells = [f"**{x}**" if (m, w) == chosen else x for x, w in zip(cells, sweep, strict=True)]
+        pairs = zip(cells, sweep, strict=True)
+        cells = [f"**{x}**" if (m, w) == chosen else x for x, w in pairs]
         rows.append([m, *cells])
     return ["validation image AUROC", *(f"w = {w:g}" for w in sweep)], rows
 
@@ -454,7 +493,8 @@ def per_defect_table(work: dict) -> tuple[list[str], list[list]]:
     per_defect = {(e["model"], e["w"], e["defect"]): e for e in work["per_defect"]}
     columns = [("unified-uncond", None), ("per-category-uncond", None), (chosen, 0.0)]
     columns += [(chosen, w)] if w != 0.0 else []
-    header = ["defect type"] + [m if v is None else f"{m}, w = {v:g}" for m, v in columns]
+    names = [m if v is None else f"{m}, w = {v:g}" for m, v in columns]
+    header = ["defect type", *names]
     rows = []
     for kind in sorted({e["defect"] for e in work["per_defect"]}):
         cells = [per_defect.get((m, v, kind)) for m, v in columns]
@@ -472,20 +512,22 @@ def per_defect_text(work: dict) -> str:
         return _defect_auroc(pd, *a, kinds) - _defect_auroc(pd, *b, kinds)
 
     pc, uni = ("per-category-uncond", None), ("unified-uncond", None)
+    # fmt: off
     text = (f"Per-category minus unified unconditioned image AUROC: "
-            f"{gap(pc, uni, ['cutpaste']):+.3f} on cutpaste, {gap(pc, uni, others):+.3f} "
-            f"on the other defect types (mean).")  # fmt: skip
+            f"{gap(pc, uni, ['cutpaste']):+.3f} on cutpaste, "
+            f"{gap(pc, uni, others):+.3f} on the other defect types (mean).")
     if w == 0.0:
-        return text + (" The validation split chose w = 0: the chosen model runs without "
-                       "its condition, so guidance changes nothing here.")  # fmt: skip
+        return text + (" The validation split chose w = 0: the chosen model runs "
+                       "without its condition, so guidance changes nothing here.")
     on, off = (chosen, w), (chosen, 0.0)
-    return text + (f" Switching the condition on (w = {w:g} against w = 0, same weights) "
-                   f"changes the cutpaste image AUROC by {gap(on, off, ['cutpaste']):+.3f}, "
-                   f"and that of the other defect types by {gap(on, off, others):+.3f} "
-                   "on average.")  # fmt: skip
+    return text + (f" Switching the condition on (w = {w:g} against w = 0, same "
+                   "weights) changes the cutpaste image AUROC by "
+                   f"{gap(on, off, ['cutpaste']):+.3f}, and that of the other defect "
+                   f"types by {gap(on, off, others):+.3f} on average.")
+    # fmt: on
 
 
-# --------------------------------------------------------------------------- the verdict
+# ---------------------------------------------------------------------- the verdict
 def condition_at_work_verdict(work: dict, within: float = 0.05) -> dict:
     """The five verdict quantities of the condition-at-work benchmark.
 
@@ -522,7 +564,8 @@ def condition_at_work_verdict(work: dict, within: float = 0.05) -> dict:
     v["cutpaste_spread"] = seed_spread(seed_std(cutpaste_by_seed(0.0)),
                                        seed_std(cutpaste_by_seed(w)))  # fmt: skip
     v["cutpaste_helps"] = beyond_spread(v["cutpaste_gain"], v["cutpaste_spread"])
-    per_cat, unified = table[("per-category-uncond", None)], table[("unified-uncond", None)]
+    per_cat = table[("per-category-uncond", None)]
+    unified = table[("unified-uncond", None)]
     v["per_category_image_auroc"] = per_cat["image_auroc"]
     v["unified_image_auroc"] = unified["image_auroc"]
     v["unified_gap"] = per_cat["image_auroc"] - unified["image_auroc"]
@@ -534,7 +577,8 @@ def condition_at_work_verdict(work: dict, within: float = 0.05) -> dict:
                           for (m, at), e in table.items()
                           if work["models"].get(m, {}).get("unified")
                           and e["image_auroc"] < control]  # fmt: skip
-    pixel = {c: mean_over(work["rows"], "pixel_auroc", model="unified-uncond", category=c)
+    rows = work["rows"]
+    pixel = {c: mean_over(rows, "pixel_auroc", model="unified-uncond", category=c)
              for c in work["categories"]}  # fmt: skip
     v["unified_pixel"] = pixel
     v["pixel_above"] = bool(all(x > 0.5 for x in pixel.values()))
@@ -548,86 +592,99 @@ def condition_at_work_verdict(work: dict, within: float = 0.05) -> dict:
 
 
 def verdict_markdown(v: dict, goal: float = 0.9) -> str:
-    """The five-point verdict of :func:`condition_at_work_verdict` as a Markdown list."""
+    """The five-point verdict of :func:`condition_at_work_verdict` as a Markdown
+    list."""
 
-    def beyond(ok):
-        return "beyond" if ok else "within"
+    def against(gain, spread):
+        return spread_verdict(gain, spread, factor=2.0)[1]
 
     chosen, w = v["chosen_model"], v["chosen_w"]
     below, pixel, worst = v["below_control"], v["unified_pixel"], v["worst_category"]
     seeds = f"{v['n_seeds']} seed{'s' if v['n_seeds'] > 1 else ''}"
-    no_guidance = ("(the validation split chose no guidance: the model runs without its "
-                   "condition) ") if w == 0.0 else ""  # fmt: skip
+    no_guidance = ("(the validation split chose no guidance: the model runs without "
+                   "its condition) ") if w == 0.0 else ""  # fmt: skip
     gap = v["unified_gap"]
     lines = [
-        f"**Verdict on the condition at work** ({v['n_categories']} categories, {seeds}):",
+        "**Verdict on the condition at work** "
+        f"({v['n_categories']} categories, {seeds}):",
         "",
         f"1. **The twin.** {chosen} at w = {w:g} {no_guidance}"
         f"{'beats' if v['twin_helps'] else 'does not beat'} its own w = 0 twin: "
-        f"{v['twin_gain']:+.3f} mean image AUROC ({v['guided_image_auroc']:.3f} against "
-        f"{v['twin_image_auroc']:.3f}), {beyond(v['twin_helps'])} twice the seed spread "
-        f"({2 * v['twin_spread']:.3f}). On cutpaste alone: {v['cutpaste_gain']:+.3f}, "
-        f"{beyond(v['cutpaste_helps'])} twice its spread ({2 * v['cutpaste_spread']:.3f}).",
+        f"{v['twin_gain']:+.3f} mean image AUROC ({v['guided_image_auroc']:.3f} "
+        f"against {v['twin_image_auroc']:.3f}), "
+        f"{against(v['twin_gain'], v['twin_spread'])}. "
+        f"On cutpaste alone: {v['cutpaste_gain']:+.3f}, "
+        f"{against(v['cutpaste_gain'], v['cutpaste_spread'])}.",
         f"2. **One model for all.** The unified unconditioned model is {abs(gap):.3f} "
         f"{'behind' if gap > 0 else 'ahead of'} the per-category ones "
-        f"({v['unified_image_auroc']:.3f} against {v['per_category_image_auroc']:.3f}), "
+        f"({v['unified_image_auroc']:.3f} against "
+        f"{v['per_category_image_auroc']:.3f}), "
         f"{'within' if v['unified_within'] else 'more than'} {v['within']:g}.",
         "3. **Against no model.** "
-        + (f"{len(below)} unified model row{'s are' if len(below) > 1 else ' is'} below the "
-           f"mean-normal control ({v['control_image_auroc']:.3f}): {', '.join(below)}."
+        + (f"{len(below)} unified model row{'s are' if len(below) > 1 else ' is'} "
+           f"below the mean-normal control ({v['control_image_auroc']:.3f}): "
+           f"{', '.join(below)}."
            if below else "No unified model is below the mean-normal control "
            f"({v['control_image_auroc']:.3f})."),
         "4. **The map.** unified-uncond's pixel AUROC is "
-        + ("above 0.5 on every category" if v["pixel_above"] else "not above 0.5 on every "
-           f"category: {', '.join(c for c, x in pixel.items() if x <= 0.5)}")
+        + ("above 0.5 on every category" if v["pixel_above"] else
+           "not above 0.5 on every category: "
+           f"{', '.join(c for c, x in pixel.items() if x <= 0.5)}")
         + f" (lowest: {worst}, {pixel[worst]:.3f}).",
-        "5. **The positive control.** From pure noise with one category's bank, the chosen "
-        f"model draws that category in {v['generation_accuracy']:.0%} of the samples (mean "
-        f"over seeds; chance {v['generation_chance']:.0%}, goal {goal:.0%}): "
+        "5. **The positive control.** From pure noise with one category's bank, the "
+        f"chosen model draws that category in {v['generation_accuracy']:.0%} of the "
+        f"samples (mean over seeds; chance {v['generation_chance']:.0%}, "
+        f"goal {goal:.0%}): "
         + (f"it reads its bank, well above chance (the bar: {v['generation_bar']:.0%})"
            if v["generation_reads_bank"] else
-           f"not well above chance (the bar: {v['generation_bar']:.0%}), so it cannot be "
-           "shown to read its bank")
+           f"not well above chance (the bar: {v['generation_bar']:.0%}), so it cannot "
+           "be shown to read its bank")
         + ("; the goal is met." if v["generation_accuracy"] >= goal else
            f"; the goal of {goal:.0%} is not met."),
     ]  # fmt: skip
     return "\n".join(lines)
 
 
-# --------------------------------------------------------------------------- claims
-ALLOCATORS = ("", "-mmap", "-mmap64k")  # glibc's default, then 1 MB and 64 kB thresholds
+# ---------------------------------------------------------------------- claims
+# glibc's default allocator, then mmap thresholds of 1 MB and 64 kB
+ALLOCATORS = ("", "-mmap", "-mmap64k")
 
 
 def coreset_comparison(runs: dict, n: int, allocators: Sequence[str] = ALLOCATORS):
     """Our greedy coreset against the FASTER successful anomalib row at ``n`` features.
 
-    ``runs`` is ``coreset_speed["runs"]``, keyed ``"<method><allocator>@<N>"``. The first
-    allocator of ``allocators`` with a successful ``ours`` row and at least one successful
-    anomalib row (2 threads or 1) is used; None if there is none. Returns the row keys,
-    their times, and the anomalib rows at ``n`` that failed."""
+    ``runs`` is ``coreset_speed["runs"]``, keyed ``"<method><allocator>@<N>"``. The
+    first allocator of ``allocators`` with a successful ``ours`` row and at least one
+    successful anomalib row (2 threads or 1) is used; None if there is none. Returns the
+    row keys, their times, and the anomalib rows at ``n`` that failed."""
 
     def ok(key):
         return key in runs and "failed" not in runs[key] and "time_s" in runs[key]
 
     failed = sorted(k for k, r in runs.items()
-                    if k.endswith(f"@{n}") and k.startswith("anomalib") and "failed" in r)  # fmt: skip
+                    if k.endswith(f"@{n}") and k.startswith("anomalib")
+                    and "failed" in r)  # fmt: skip
     for alloc in allocators:
         ours = f"ours{alloc}@{n}"
-        theirs = [k for k in (f"anomalib{alloc}@{n}", f"anomalib_1thread{alloc}@{n}") if ok(k)]
+        rows = (f"anomalib{alloc}@{n}", f"anomalib_1thread{alloc}@{n}")
+        theirs = [k for k in rows if ok(k)]
         if ok(ours) and theirs:
             best = min(theirs, key=lambda k: runs[k]["time_s"])
             return {"n": n, "allocator": alloc, "ours": ours, "theirs": best,
                     "ours_s": float(runs[ours]["time_s"]),
                     "theirs_s": float(runs[best]["time_s"]),
-                    "m": runs[ours].get("M"), "d": runs[ours].get("D"), "failed": failed}  # fmt: skip
+                    "m": runs[ours].get("M"), "d": runs[ours].get("D"),
+                    "failed": failed}  # fmt: skip
     return None
 
 
 def _coreset_cell(c: dict) -> str:
-    alloc = "glibc's default allocator" if not c["allocator"] else f"row suffix {c['allocator']}"
-    return (f"{c['n'] // 1000}k x {c['d']} features to {c['m']}: ours {c['ours_s']:.0f} s "
-            f"(`{c['ours']}`), anomalib's KCenterGreedy {c['theirs_s']:.0f} s "
-            f"(`{c['theirs']}`, the faster successful anomalib row; {alloc})")  # fmt: skip
+    alloc = "glibc's default allocator"
+    alloc = f"row suffix {c['allocator']}" if c["allocator"] else alloc
+    return (f"{c['n'] // 1000}k x {c['d']} features to {c['m']}: ours "
+            f"{c['ours_s']:.0f} s (`{c['ours']}`), anomalib's KCenterGreedy "
+            f"{c['theirs_s']:.0f} s (`{c['theirs']}`, the faster successful anomalib "
+            f"row; {alloc})")  # fmt: skip
 
 
 def paper_claims(
@@ -640,8 +697,9 @@ def paper_claims(
     """Rows (claim, measured here, verdict at CPU scale) of the paper-claims table.
 
     ``table``: the MiniTex-AD table; ``steps_ratio``: the convergence benchmark's steps
-    ratio F / uncond (None: never reached); ``verdict``: :func:`condition_at_work_verdict`;
-    ``coreset``: :func:`coreset_comparison` results, the first one at 50k features."""
+    ratio F / uncond (None: never reached); ``verdict``:
+    :func:`condition_at_work_verdict`; ``coreset``: :func:`coreset_comparison` results,
+    the first one at 50k features."""
     mean = {e["method"]: e for e in table["mean"]}
     f, u, c, p = mean["F"], mean["uncond"], mean.get("C"), mean["patchcore"]
     gain, spread = (
@@ -654,12 +712,12 @@ def paper_claims(
 
     v = verdict
     rows = [[
-        "Conditioning a diffusion reconstruction on compressed normal features improves "
-        "detection",
+        "Conditioning a diffusion reconstruction on compressed normal features "
+        "improves detection",
         f"per category: F - uncond {gain:+.3f} (spread {spread:.3f}); all categories: "
         f"{v['chosen_model']} at w = {v['chosen_w']:g} - its w = 0 twin "
-        f"{v['twin_gain']:+.3f} (twice the spread {2 * v['twin_spread']:.3f}); positive "
-        f"control: generation accuracy {v['generation_accuracy']:.2f} (chance "
+        f"{v['twin_gain']:+.3f} (twice the spread {2 * v['twin_spread']:.3f}); "
+        f"positive control: generation accuracy {v['generation_accuracy']:.2f} (chance "
         f"{v['generation_chance']:.2f})",
         yes_no(v["twin_helps"] and v["generation_reads_bank"]),
     ], [
@@ -671,17 +729,13 @@ def paper_claims(
     if c is not None:
         fc_gain = f["image_auroc"] - c["image_auroc"]
         fc_spread = seed_spread(f["image_auroc_std"], c["image_auroc_std"])
-        measured, ok = f"F - C {fc_gain:+.3f} (spread {fc_spread:.3f})", fc_gain > fc_spread
+        measured = f"F - C {fc_gain:+.3f} (spread {fc_spread:.3f})"
+        ok = beyond_spread(fc_gain, fc_spread, factor=1.0)
     else:
         measured, ok = "C not in the table", False
-    rows.append(
-        [
-            "The learned Fine Compression Module improves on the coarse bank (F over C)",
-            measured,
-            yes_no(ok),
-        ]
-    )
-    ahead = f["image_auroc"] > p["image_auroc"] + spread
+    fcm = "The learned Fine Compression Module improves on the coarse bank (F over C)"
+    rows.append([fcm, measured, yes_no(ok)])
+    ahead = beyond_spread(f["image_auroc"] - p["image_auroc"], spread, factor=1.0)
     rows.append([
         "State-of-the-art AUROC (0.962 image / 0.966 pixel on MVTec-AD)",
         f"MiniTex-AD: F {f['image_auroc']:.3f} / {f['pixel_auroc']:.3f}, PatchCore "
@@ -700,11 +754,11 @@ def paper_claims(
     return rows
 
 
-# --------------------------------------------------------------------------- the slider
+# ---------------------------------------------------------------------- the slider
 def panel_columns(image: np.ndarray, n: int, white: int = 245) -> list[tuple[int, int]]:
-    """x ranges ``(start, end)`` of a figure's ``n`` panel columns: its ``n`` widest runs of
-    pixel columns holding ink (any value below ``white``), left to right; equal slices of
-    the width if there are fewer runs."""
+    """x ranges ``(start, end)`` of a figure's ``n`` panel columns: its ``n`` widest
+    runs of pixel columns holding ink (any value below ``white``), left to right; equal
+    slices of the width if there are fewer runs."""
     ink = np.r_[0, (image < white).any(axis=(0, 2)).astype(int), 0]
     edges = np.flatnonzero(np.diff(ink))
     runs = [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True)]
@@ -721,8 +775,9 @@ def columns_png(
     count: int = 2,
     margin: int = 3,
 ) -> bytes:
-    """PNG bytes: the figure's row labels (everything left of the first panel), then its
-    panel columns ``first`` .. ``first + count - 1`` (with ``margin`` pixels either side)."""
+    """PNG bytes: the figure's row labels (everything left of the first panel), then
+    its panel columns ``first`` .. ``first + count - 1`` (with ``margin`` pixels either
+    side)."""
     from PIL import Image
 
     start, end = panels[first][0], panels[first + count - 1][1]
@@ -739,8 +794,8 @@ def panels_png(
     shown: Sequence[int],
     margin: int = 3,
 ) -> bytes:
-    """PNG bytes: the figure's row labels, then only the panel columns ``shown`` (in that
-    order): a narrower figure whose panels are larger in the book's column."""
+    """PNG bytes: the figure's row labels, then only the panel columns ``shown`` (in
+    that order): a narrower figure whose panels are larger in the book's column."""
     from PIL import Image
 
     parts = [image[:, : panels[0][0]]]

@@ -1,18 +1,20 @@
-"""Figures for the book: samples, anomaly maps, training curves, and interactive plotly views.
+"""Figures for the book: samples, anomaly maps, training curves, and interactive plotly
+views.
 
 Static figures use matplotlib (robust in HTML, PDF and GitHub previews). Every function
-returns a ``matplotlib.figure.Figure`` that is already closed in pyplot: a notebook shows it
-exactly once when the call is the cell's last expression (``display(fig)`` otherwise), and
-``fig.savefig(...)`` still works.
+returns a ``matplotlib.figure.Figure`` that is already closed in pyplot: a notebook
+shows it exactly once when the call is the cell's last expression (``display(fig)``
+otherwise), and ``fig.savefig(...)`` still works, in a notebook or a script.
 
-Interactive figures use plotly and must all go through :func:`show_plotly`. A headless kernel
-gives plotly figures only the ``application/vnd.plotly.v1+json`` output, which the static
-Jupyter Book build drops, so outside Colab we display plain ``text/html`` instead. Figures
-that must stay interactive in the published book precompute their frames (a slider, no
-Python callbacks): see :func:`image_slider`.
+Interactive figures use plotly and must all go through :func:`show_plotly`. A headless
+kernel gives plotly figures only the ``application/vnd.plotly.v1+json`` output, which
+the static Jupyter Book build drops, so outside Colab we display plain ``text/html``
+instead. Figures that must stay interactive in the published book precompute their
+frames (a slider, no Python callbacks): see :func:`image_slider`.
 
-Data objects are used by duck typing: anything with ``.images`` (and optionally ``.masks``,
-``.categories``, ``.defect_types``) is a batch, anything with ``.image`` a sample.
+Data objects are used by duck typing: anything with ``.images`` (and optionally
+``.masks``, ``.categories``, ``.defect_types``) is a batch, anything with ``.image`` a
+sample.
 """
 
 from __future__ import annotations
@@ -43,15 +45,16 @@ __all__ = [
     "coreset_steps",
 ]
 
-PLOTLYJS_ENV = "CCAD_PLOTLYJS"  # "cdn" (default), "inline", "require", or a path/URL to a .js
+# how plotly.js gets into the HTML: "cdn" (default), "inline", "require", or a .js file
+PLOTLYJS_ENV = "CCAD_PLOTLYJS"
 MASK_RGBA = (1.0, 0.0, 0.0, 0.35)  # translucent red fill over defects
 
 
-# --------------------------------------------------------------------------- array helpers
+# ---------------------------------------------------------------------- array helpers
 
 
 def _numpy(x: Any) -> np.ndarray:
-    """Tensor on any device / array / list -> NumPy array (float for floating tensors)."""
+    """Tensor on any device / array / list -> NumPy array (float for float tensors)."""
     if hasattr(x, "detach"):
         x = x.detach().cpu()
         x = x.float() if x.dtype.is_floating_point else x
@@ -60,14 +63,15 @@ def _numpy(x: Any) -> np.ndarray:
 
 
 def _images_hwc(images: Any) -> np.ndarray:
-    """(B, 3, H, W), (B, 1, H, W) or (B, H, W) in [0, 1] -> (B, H, W, 3) float, clipped."""
+    """(B, 3, H, W), (B, 1, H, W) or (B, H, W) in [0, 1] -> (B, H, W, 3) float,
+    clipped."""
     x = _numpy(images).astype(np.float32)
     if x.ndim == 3:
         x = x[:, None]
     if x.ndim != 4 or x.shape[1] not in (1, 3):
         raise ValueError(
-            f"images must have shape (B, 3, H, W), (B, 1, H, W) or (B, H, W), got {x.shape}; "
-            "channel-last arrays need x.transpose(0, 3, 1, 2)."
+            "images must have shape (B, 3, H, W), (B, 1, H, W) or (B, H, W), got "
+            f"{x.shape}; channel-last arrays need x.transpose(0, 3, 1, 2)."
         )
     x = np.repeat(x, 3, axis=1) if x.shape[1] == 1 else x
     return np.clip(x.transpose(0, 2, 3, 1), 0.0, 1.0)
@@ -79,29 +83,44 @@ def _maps_hw(maps: Any, name: str) -> np.ndarray:
     if x.ndim == 4 and x.shape[1] == 1:
         x = x[:, 0]
     if x.ndim != 3:
-        raise ValueError(f"{name} must have shape (B, H, W) or (B, 1, H, W), got {x.shape}.")
+        shapes = "(B, H, W) or (B, 1, H, W)"
+        raise ValueError(f"{name} must have shape {shapes}, got {x.shape}.")
     return x
 
 
-def _unpack(data: Any, limit: int) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
-    """The first ``limit`` items of a Batch-like, a list of Sample-like, or plain images
-    -> (images (n, H, W, 3), masks (n, H, W) or None, captions)."""
+def _fields(data: Any) -> tuple[Any, Any, list[str]]:
+    """A Batch-like, a list of Sample-like, or plain images -> (images, masks or None,
+    captions "category / defect type"), not yet converted: pick items with _take."""
     if isinstance(data, Sequence) and data and hasattr(data[0], "image"):
-        data = data[:limit]
-        images = _numpy_stack([s.image for s in data])
-        masks = _numpy_stack([s.mask for s in data]) if hasattr(data[0], "mask") else None
+        images = [s.image for s in data]
+        masks = [s.mask for s in data] if hasattr(data[0], "mask") else None
         cats = [getattr(s, "category", "") for s in data]
         defects = [getattr(s, "defect_type", "") for s in data]
     elif hasattr(data, "images"):
-        images, masks = data.images[:limit], getattr(data, "masks", None)
-        masks = None if masks is None else masks[:limit]
-        cats = list(getattr(data, "categories", None) or [""] * len(data.images))[:limit]
-        defects = list(getattr(data, "defect_types", None) or [""] * len(data.images))[:limit]
+        images, masks = data.images, getattr(data, "masks", None)
+        blank = [""] * len(images)
+        cats = list(getattr(data, "categories", None) or blank)
+        defects = list(getattr(data, "defect_types", None) or blank)
     else:
-        images, masks, cats, defects = data[:limit], None, [], []
-    captions = [" / ".join(p for p in (c, d) if p) for c, d in zip(cats, defects, strict=True)]
-    masks = None if masks is None else _maps_hw(masks, "masks")
-    return _images_hwc(images), masks, captions
+        images, masks, cats, defects = data, None, [], []
+    pairs = zip(cats, defects, strict=True)
+    captions = [" / ".join(p for p in pair if p) for pair in pairs]
+    return images, masks, captions
+
+
+def _take(x: Any, index: list[int]) -> Any:
+    """The items ``index`` of a tensor or array (B, ...), or of a list of them."""
+    if isinstance(x, (list, tuple)):
+        return _numpy_stack([x[i] for i in index])
+    return x[index]
+
+
+def _defective_first(masks: Any, count: int) -> list[int]:
+    """0 .. count - 1: the images with a ground-truth pixel > 0 first, each group in
+    its order."""
+    masks = _maps_hw(_take(masks, list(range(count))), "masks")
+    bad = masks.reshape(count, -1).max(axis=1) > 0
+    return [i for i in range(count) if bad[i]] + [i for i in range(count) if not bad[i]]
 
 
 def _numpy_stack(items: list) -> np.ndarray:
@@ -110,7 +129,8 @@ def _numpy_stack(items: list) -> np.ndarray:
 
 def _grid(n_rows: int, n_cols: int, cell: float = 2.2) -> tuple[Figure, np.ndarray]:
     """A closed (not auto-shown) figure with an (n_rows, n_cols) array of bare axes."""
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(cell * n_cols, cell * n_rows), squeeze=False)
+    size = (cell * n_cols, cell * n_rows)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=size, squeeze=False)
     plt.close(fig)
     for ax in axes.flat:
         ax.set_xticks([])
@@ -119,7 +139,8 @@ def _grid(n_rows: int, n_cols: int, cell: float = 2.2) -> tuple[Figure, np.ndarr
 
 
 def _draw_mask(ax: Any, mask: np.ndarray) -> None:
-    """Red translucent fill plus a red contour where mask > 0.5 (nothing for normal images)."""
+    """Red translucent fill plus a red contour where mask > 0.5 (nothing for normal
+    images)."""
     if not (mask > 0.5).any():
         return
     fill = np.zeros((*mask.shape, 4), dtype=np.float32)
@@ -128,7 +149,7 @@ def _draw_mask(ax: Any, mask: np.ndarray) -> None:
     ax.contour(mask, levels=[0.5], colors="red", linewidths=1.0)
 
 
-# --------------------------------------------------------------------------- static figures
+# ---------------------------------------------------------------------- static figures
 
 
 def show_samples(
@@ -138,8 +159,9 @@ def show_samples(
 
     Args:
         batch_or_samples: a Batch-like object (``.images`` (B, 3, H, W), ``.masks``
-            (B, 1, H, W), ``.categories``, ``.defect_types``), a list of Sample-like objects
-            (``.image`` (3, H, W), ``.mask`` (1, H, W), ...), or plain images (B, 3, H, W).
+            (B, 1, H, W), ``.categories``, ``.defect_types``), a list of Sample-like
+            objects (``.image`` (3, H, W), ``.mask`` (1, H, W), ...), or plain images
+            (B, 3, H, W).
         n: number of images shown (at most 4 per row).
         overlay: draw the ground-truth mask as a red fill and contour.
         title: figure title.
@@ -147,7 +169,10 @@ def show_samples(
     Returns:
         Figure with one axes per shown image, captioned "category / defect type".
     """
-    images, masks, captions = _unpack(batch_or_samples, n)
+    images, masks, captions = _fields(batch_or_samples)
+    shown = list(range(min(n, len(images))))
+    images, captions = _images_hwc(_take(images, shown)), captions[: len(shown)]
+    masks = None if masks is None else _maps_hw(_take(masks, shown), "masks")
     n = len(images)
     if n < 1:
         raise ValueError("show_samples() got no images to show.")
@@ -169,52 +194,79 @@ def show_samples(
 
 
 def show_anomaly_maps(
-    images: Any, maps: Any, masks: Any = None, recons: Any = None, n: int = 6
+    images: Any,
+    maps: Any,
+    masks: Any = None,
+    recons: Any = None,
+    n: int = 6,
+    defective_first: bool = False,
+    per_image: str = "column",
 ) -> Figure:
-    """One column per image; rows: input, reconstruction, anomaly map, ground truth.
+    """Input, reconstruction, anomaly map and ground truth of ``n`` images.
 
     Args:
         images: (B, 3, H, W) in [0, 1], or a Batch-like object (its masks are used when
-            ``masks`` is None).
+            ``masks`` is None, its "category / defect type" as captions).
         maps: (B, H, W) or (B, 1, H, W) anomaly maps; any resolution (stretched over the
-            image). One colour scale is shared by all shown maps, so columns compare.
-        masks: (B, 1, H, W) or (B, H, W) ground truth, or None (row left out).
-        recons: (B, 3, H, W) reconstructions (the diffusion model's "normal" repaint), or
-            None (row left out).
-        n: number of columns (images) shown.
+            image). One colour scale is shared by all shown maps, so images compare.
+        masks: (B, 1, H, W) or (B, H, W) ground truth, or None (panel left out).
+        recons: (B, 3, H, W) reconstructions (the diffusion model's "normal"
+            repaint), or None (panel left out).
+        n: number of images shown: the first ``n``.
+        defective_first: the defective images (a ground-truth pixel > 0) before the
+            normal ones, each group in its order (needs masks).
+        per_image: "column": one column per image, the panels as labelled rows (a strip
+            for the book's column); "row": one row per image, the panels as titled
+            columns (the grid saved next to a run's results).
 
     Returns:
-        Figure with (2 + recons given + masks given) * n axes.
+        Figure with (2 + recons given + masks given) * n axes, closed in pyplot: a
+        notebook shows it, ``fig.savefig(path)`` writes it anywhere.
     """
-    n_images = len(getattr(images, "images", images))
-    if len(maps) != n_images:
-        raise ValueError(f"Got {n_images} images but {len(maps)} anomaly maps.")
-    images_np, batch_masks, captions = _unpack(images, n)
-    masks = batch_masks if masks is None else _maps_hw(masks[:n], "masks")
-    maps = _maps_hw(maps[:n], "maps")
-    n = len(images_np)
-    rows = ["input"] + (["reconstruction"] if recons is not None else [])
-    rows += ["anomaly map"] + (["ground truth"] if masks is not None else [])
-    recons = None if recons is None else _images_hwc(recons[:n])
-    vmin, vmax = float(maps[:n].min()), float(maps[:n].max())
-    fig, axes = _grid(len(rows), n)
-    for j in range(n):
-        h, w = images_np[j].shape[:2]
-        for r, row in enumerate(rows):
-            ax = axes[r, j]
-            if row == "input":
-                ax.imshow(images_np[j])
-            elif row == "reconstruction":
+    count = len(getattr(images, "images", images))
+    if len(maps) != count:
+        raise ValueError(f"Got {count} images but {len(maps)} anomaly maps.")
+    if per_image not in ("column", "row"):
+        raise ValueError(f'per_image is "column" or "row", not {per_image!r}.')
+    images, batch_masks, captions = _fields(images)
+    masks = batch_masks if masks is None else masks
+    order = list(range(count))
+    if defective_first and masks is not None:
+        order = _defective_first(masks, count)
+    shown = order[:n]
+    images = _images_hwc(_take(images, shown))
+    captions = [captions[i] for i in shown] if captions else []
+    masks = None if masks is None else _maps_hw(_take(masks, shown), "masks")
+    maps = _maps_hw(_take(maps, shown), "maps")
+    recons = None if recons is None else _images_hwc(_take(recons, shown))
+    panels = ["input"] + (["reconstruction"] if recons is not None else [])
+    panels += ["anomaly map"] + (["ground truth"] if masks is not None else [])
+    vmin, vmax = float(maps.min()), float(maps.max())
+    by_row = per_image == "row"
+    if by_row:
+        fig, axes = _grid(len(shown), len(panels))
+    else:
+        fig, axes = _grid(len(panels), len(shown))
+        axes = axes.T  # axes[image, panel]
+    for j in range(len(shown)):
+        h, w = images[j].shape[:2]
+        for ax, panel in zip(axes[j], panels, strict=True):
+            if panel == "input":
+                ax.imshow(images[j])
+            elif panel == "reconstruction":
                 ax.imshow(recons[j])
-            elif row == "anomaly map":  # heat overlay, the map stretched over the image
-                ax.imshow(images_np[j])
-                ax.imshow(maps[j], cmap="jet", alpha=0.5, vmin=vmin, vmax=vmax, extent=(0, w, h, 0))
+            elif panel == "anomaly map":  # a heat overlay, stretched over the image
+                ax.imshow(images[j])
+                heat = dict(cmap="jet", alpha=0.5, vmin=vmin, vmax=vmax)
+                ax.imshow(maps[j], extent=(0, w, h, 0), **heat)
             else:
                 ax.imshow(masks[j], cmap="gray", vmin=0, vmax=1)
-            if j == 0:
-                ax.set_ylabel(row, fontsize=13)  # the figure is shrunk to the column
-        if captions:
-            axes[0, j].set_title(captions[j], fontsize=12)
+    # the figure is shrunk to the book's column: large labels
+    for ax, panel in zip(axes[0], panels, strict=True):
+        (ax.set_title if by_row else ax.set_ylabel)(panel, fontsize=13)
+    if captions:  # plain images have none
+        for ax, caption in zip(axes[:, 0], captions, strict=True):
+            (ax.set_ylabel if by_row else ax.set_title)(caption, fontsize=12)
     scale = f"anomaly map colour scale: {vmin:.3g} (blue) to {vmax:.3g} (red)"
     fig.suptitle(scale, fontsize=14)
     fig.tight_layout()
@@ -249,12 +301,13 @@ def plot_curves(
     logy: bool | Sequence[str] = False,
     ncols: int = 3,
 ) -> Figure:
-    """Training curves, one panel per quantity (loss and AUROC live on different scales).
+    """Training curves, one panel per quantity (loss and AUROC live on different
+    scales).
 
     Args:
-        history: either records, e.g. ``[{"step": 0, "loss": 0.9}, {"step": 50, "loss": 0.4,
-            "image_auroc": 0.71}, ...]`` (a key missing from a record is skipped there), or a
-            dict ``{"loss": ys}`` / ``{"loss": (steps, ys)}``.
+        history: either records, e.g. ``[{"step": 0, "loss": 0.9}, {"step": 50,
+            "loss": 0.4, "image_auroc": 0.71}, ...]`` (a key missing from a record is
+            skipped there), or a dict ``{"loss": ys}`` / ``{"loss": (steps, ys)}``.
         keys: which quantities to plot (default: all but ``x``).
         x: the record key used as x axis.
         title: figure title.
@@ -269,10 +322,12 @@ def plot_curves(
     keys = list(curves) if keys is None else list(keys)
     missing = [k for k in keys if k not in curves]
     if missing or not keys:
-        raise ValueError(f"plot_curves(): no data for {missing or 'any key'}; have {list(curves)}.")
+        what = missing or "any key"
+        raise ValueError(f"plot_curves(): no data for {what}; have {list(curves)}.")
     ncols = max(1, min(ncols, len(keys)))
     nrows = -(-len(keys) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.0 * ncols, 3.0 * nrows), squeeze=False)
+    size = (4.0 * ncols, 3.0 * nrows)
+    fig, axes = plt.subplots(nrows, ncols, figsize=size, squeeze=False)
     plt.close(fig)
     for ax in axes.flat[len(keys) :]:
         fig.delaxes(ax)
@@ -292,15 +347,16 @@ def plot_curves(
     return fig
 
 
-# --------------------------------------------------------------------------- plotly
+# ---------------------------------------------------------------------- plotly
 
 
 def plotly_js_mode() -> str | bool:
     """How plotly.js gets into the HTML: the one place that reads ``$CCAD_PLOTLYJS``.
 
-    "cdn" (default): a <script> tag to cdn.plot.ly (small pages, needs internet to view);
-    "inline": the whole library embedded in every figure (offline, ~4 MB each);
-    "require": loaded through require.js; a value ending in ".js": that script's path/URL.
+    "cdn" (default): a <script> tag to cdn.plot.ly (small pages, need internet to
+    view); "inline": the whole library embedded in every figure (offline, ~4 MB each);
+    "require": loaded through require.js; a value ending in ".js": that script's
+    path/URL.
     The result is plotly's ``to_html(include_plotlyjs=...)`` argument.
     """
     value = os.environ.get(PLOTLYJS_ENV, "cdn").strip()
@@ -321,10 +377,10 @@ def plotly_html(fig: go.Figure, include_plotlyjs: str | bool | None = None) -> A
 
     ``include_plotlyjs`` defaults to :func:`plotly_js_mode` (the env var). A figure with
     frames starts on its first frame and waits for the reader (plotly's default,
-    ``auto_play=True``, would run every frame once on page load, long before anyone scrolls
-    down to the figure).
+    ``auto_play=True``, would run every frame once on page load, long before anyone
+    scrolls down to the figure).
     """
-    from IPython.display import HTML  # IPython comes with Jupyter; imported only when used
+    from IPython.display import HTML  # IPython comes with Jupyter: imported when used
 
     mode = plotly_js_mode() if include_plotlyjs is None else include_plotlyjs
     return HTML(fig.to_html(include_plotlyjs=mode, full_html=False, auto_play=False))
@@ -346,7 +402,8 @@ def show_plotly(fig: go.Figure) -> None:
 
 
 def _jpeg_data_uri(frame: Any, max_size: int) -> str:
-    """(H, W, 3) or (H, W) float in [0, 1] or uint8 -> JPEG data URI, at most max_size px.
+    """(H, W, 3) or (H, W) float in [0, 1] or uint8 -> JPEG data URI, at most
+    max_size px.
 
     JPEG, not PNG: noisy x_t frames barely compress losslessly (4x larger as PNG).
     """
@@ -363,7 +420,8 @@ def _jpeg_data_uri(frame: Any, max_size: int) -> str:
     Image.fromarray(x[::step, ::step]).save(
         buffer, format="JPEG", quality=90
     )  # strided: keeps noise
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return "data:image/jpeg;base64," + data
 
 
 def image_slider(
@@ -379,7 +437,8 @@ def image_slider(
         frames: list of (H, W, 3) or (H, W) images, float in [0, 1] or uint8.
         labels: one slider label per frame (e.g. "t=999"); default the frame index.
         title: figure title.
-        max_frames: keep at most this many frames, evenly spaced, first and last included.
+        max_frames: keep at most this many frames, evenly spaced, first and last
+            included.
         max_size: downsample frames to at most this many pixels per side (small HTML).
 
     Returns:
@@ -388,8 +447,10 @@ def image_slider(
     """
     labels = [str(i) for i in range(len(frames))] if labels is None else list(labels)
     if len(labels) != len(frames) or not frames:
-        raise ValueError(f"image_slider() got {len(frames)} frames and {len(labels)} labels.")
-    keep = np.unique(np.linspace(0, len(frames) - 1, min(max_frames, len(frames))).round())
+        counts = f"{len(frames)} frames and {len(labels)} labels"
+        raise ValueError(f"image_slider() got {counts}.")
+    spaced = np.linspace(0, len(frames) - 1, min(max_frames, len(frames)))
+    keep = np.unique(spaced.round())
     uris = [_jpeg_data_uri(frames[int(i)], max_size) for i in keep]
     names = [labels[int(i)] for i in keep]
     animate = {"mode": "immediate", "frame": {"duration": 300, "redraw": True}}
@@ -401,15 +462,17 @@ def image_slider(
         }
         for k, name in enumerate(names)
     ]
+    images = [go.Image(source=u) for u in uris]
     fig = go.Figure(
         data=[go.Image(source=uris[0])],
-        frames=[go.Frame(data=[go.Image(source=u)], name=str(k)) for k, u in enumerate(uris)],
+        frames=[go.Frame(data=[im], name=str(k)) for k, im in enumerate(images)],
     )
     play = {"label": "play", "method": "animate", "args": [None, animate]}
+    menu = {"type": "buttons", "buttons": [play], "x": 0, "y": 0, "xanchor": "right"}
     fig.update_layout(
         title=title,
         sliders=[{"active": 0, "steps": steps, "currentvalue": {"prefix": ""}}],
-        updatemenus=[{"type": "buttons", "buttons": [play], "x": 0, "y": 0, "xanchor": "right"}],
+        updatemenus=[menu],
         xaxis={"visible": False},
         yaxis={"visible": False},
         width=420,
@@ -429,8 +492,10 @@ def scatter_2d(
     """Interactive 2-D scatter, one colour (and legend entry) per label.
 
     Args:
-        points: (N, 2), e.g. a PCA/t-SNE of features, or features with the coreset marked.
-        labels: (N,) group of each point (str or int), e.g. "train", "coreset", "defect".
+        points: (N, 2), e.g. a PCA/t-SNE of features, or features with the coreset
+            marked.
+        labels: (N,) group of each point (str or int), e.g. "train", "coreset",
+            "defect".
         title: figure title.
         hover: (N,) text shown on hover (e.g. file names).
         marker_size: marker diameter in px.
@@ -476,9 +541,9 @@ def coreset_steps(
         steps: the numbers of centres to show (default: 1..min(M, 20)).
         title: figure title.
 
-    Each frame colours every point by its distance to the nearest chosen centre, marks the
-    centres, and circles the farthest point: the one the next step adds. Precomputed frames,
-    so the figure works in the static book. Show it with :func:`show_plotly`.
+    Each frame colours every point by its distance to the nearest chosen centre, marks
+    the centres, and circles the farthest point: the one the next step adds. Precomputed
+    frames, so the figure works in the static book. Show it with :func:`show_plotly`.
     """
     xy = _numpy(points).astype(float)
     order = _numpy(indices).astype(int)
@@ -493,8 +558,9 @@ def coreset_steps(
                 name=str(m),
                 data=[
                     go.Scatter(x=xy[:, 0], y=xy[:, 1], mode="markers",
-                               marker={"size": 6, "color": dist, "colorscale": "Viridis",
-                                       "cmin": 0, "cmax": float(dist.max()) or 1.0},
+                               marker={"size": 6, "color": dist,
+                                       "colorscale": "Viridis", "cmin": 0,
+                                       "cmax": float(dist.max()) or 1.0},
                                name="points"),
                     go.Scatter(x=centres[:, 0], y=centres[:, 1], mode="markers",
                                marker={"size": 11, "color": "red", "symbol": "x"},
@@ -510,13 +576,16 @@ def coreset_steps(
         )  # fmt: skip
     animate = {"mode": "immediate", "frame": {"duration": 400, "redraw": True}}
     slider_steps = [
-        {"method": "animate", "label": str(m), "args": [[str(m)], animate]} for m in steps
-    ]
+        {"method": "animate", "label": str(m), "args": [[str(m)], animate]}
+        for m in steps
+    ]  # fmt: skip
+    play = {"label": "play", "method": "animate", "args": [None, animate]}
     fig = go.Figure(data=frames[0].data, frames=frames, layout=frames[0].layout)
     fig.update_layout(
-        sliders=[{"active": 0, "steps": slider_steps, "currentvalue": {"prefix": "centres: "}}],
+        sliders=[{"active": 0, "steps": slider_steps,
+                  "currentvalue": {"prefix": "centres: "}}],
         updatemenus=[{"type": "buttons", "x": 0, "y": 0, "xanchor": "right",
-                      "buttons": [{"label": "play", "method": "animate", "args": [None, animate]}]}],
+                      "buttons": [play]}],
         width=560, height=520, xaxis={"scaleanchor": "y"},
     )  # fmt: skip
     return fig

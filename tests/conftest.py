@@ -53,6 +53,7 @@ SLOW_ON_2_CPUS = {
     "tests/test_experiments.py::test_eval_settings_reuse_the_weights_and_reject_training_fields",
     "tests/test_experiments.py::test_a_unified_cell_trains_once_and_is_evaluated_per_category",
     "tests/test_precision.py::test_bf16_on_cpu_trains_and_saves_float32_weights",
+    "tests/test_published.py::test_the_baselines_of_the_minitex_table_are_recomputed_exactly",
     "tests/test_reproduce.py::"
     "test_an_interrupted_multiclass_model_resumes_and_every_category_is_evaluated_after",
     # the only user of the module fixture that trains one model per category

@@ -40,10 +40,15 @@ def test_every_benchmark_runs_quick_and_writes_its_key(tmp_path):
     # convergence reused minitex_table's F run (trained once, with its checkpoint row)
     f_runs = [p for p in (tmp_path / "quick").glob("F_brick_*") if "num_queries" not in p.name]
     assert len(f_runs) == 1 and (f_runs[0] / "row_step3.json").is_file()
-    ratio = conv["steps_ratio_conditioned_over_uncond"]
-    assert ratio is None or ratio > 0
+    assert_steps_ratio_fits_the_curves(conv["steps_ratio_conditioned_over_uncond"], conv["curves"])
     swap = payloads["condition_swap"]["summary"]["F"]
-    assert swap["real_recon_change"] == 0.0 and swap["zeros_recon_change"] >= 0.0
+    for bank in ("shuffled", "zeros", "other"):
+        # every swapped bank reaches the model: its reconstructions move (same weights, noise)
+        assert swap[f"{bank}_recon_change"] > 0, bank
+        # the drop is real minus swapped AUROC; its mean is the difference of the means
+        drop = swap["real_image_auroc"] - swap[f"{bank}_image_auroc"]
+        assert swap[f"{bank}_drop"] == pytest.approx(drop, abs=1e-12)
+        assert swap[f"{bank}_abs_drop"] >= abs(drop) - 1e-12
     inference = payloads["inference_ablation"]
     assert {e["t_start"] for e in inference["table"]} == {100, 400}
     assert {e["scorer"] for e in inference["scoring"]} >= {"pixel L1", "feature layers 1-3"}
@@ -74,6 +79,40 @@ def test_every_benchmark_runs_quick_and_writes_its_key(tmp_path):
     assert {r["category"] for r in work["swap"]} == {"brick", "grass"}
     # the per-category models are minitex_table's cells, not retrained
     assert len([p for p in (tmp_path / "quick").glob("uncond_brick_*")]) == 1
+
+
+def reach_bounds(points: list, target: float) -> tuple[float, float] | None:
+    """Bounds on the step at which a curve first reaches ``target``: the first checkpoint at
+    or above it, and the checkpoint before (the crossing lies in between); None: never."""
+    for i, (step, value) in enumerate(points):
+        if value >= target:
+            return (points[i - 1][0] if i else step), step
+    return None
+
+
+def assert_steps_ratio_fits_the_curves(ratio: float | None, curves: dict) -> None:
+    """The convergence ratio (steps F needs / steps uncond needs to reach uncond's final mean
+    image AUROC) lies within what the checkpoints of the two curves allow."""
+    target = curves["uncond"]["image_auroc"][-1][1]
+    f, u = (reach_bounds(curves[v]["image_auroc"], target) for v in ("F", "uncond"))
+    assert u is not None  # a curve reaches its own last value
+    if f is None:
+        assert ratio is None
+    else:
+        assert ratio is not None and f[0] / u[1] - 1e-9 <= ratio <= f[1] / u[0] + 1e-9
+
+
+def test_steps_ratio_bounds_follow_the_checkpoints():
+    uncond = [(100, 0.60), (200, 0.70)]  # reaches its final 0.70 at step 200
+    curves = {"uncond": {"image_auroc": uncond}, "F": {"image_auroc": [(100, 0.72), (200, 0.8)]}}
+    assert_steps_ratio_fits_the_curves(0.5, curves)  # F: at 100, uncond: between 100 and 200
+    for wrong in (None, 2.0, 0.4):
+        with pytest.raises(AssertionError):
+            assert_steps_ratio_fits_the_curves(wrong, curves)
+    curves["F"]["image_auroc"] = [(100, 0.50), (200, 0.69)]  # F never gets there
+    assert_steps_ratio_fits_the_curves(None, curves)
+    with pytest.raises(AssertionError):
+        assert_steps_ratio_fits_the_curves(1.0, curves)
 
 
 def test_steps_to_reach_interpolates_between_checkpoints():

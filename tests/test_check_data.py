@@ -13,13 +13,8 @@ import torch
 from PIL import Image
 
 from ccad_tutorial import download
-from ccad_tutorial.datasets import (
-    DataError,
-    check_dataset,
-    list_categories,
-    load_dataset,
-    read_image,
-)
+from ccad_tutorial.checks import check_dataset
+from ccad_tutorial.datasets import DataError, list_categories, load_dataset, read_image
 
 SIZE = 16
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 from sklearn.random_projection import johnson_lindenstrauss_min_dim
 
+from ccad_tutorial.bank import CoarseFeatureBank
 from ccad_tutorial.coreset import (
-    CoarseFeatureBank,
     covering_radius,
     greedy_coreset,
     greedy_coreset_with_radius,

@@ -8,6 +8,8 @@ import torch
 from torch import nn
 
 from ccad_tutorial import ddpm
+from ccad_tutorial.ddim import ddim_loop, ddim_timesteps, denoise, sample
+from ccad_tutorial.reconstruction import add_defects, masked_mse, reconstruct
 
 TINY = ddpm.DDPMConfig(
     block_out_channels=(8, 16), norm_num_groups=4, steps=60, batch_size=8, crop_size=16, lr=3e-3
@@ -120,7 +122,7 @@ def test_training_is_reproducible_from_the_seed():
 )
 def test_ddim_timesteps_start_at_t_start_and_end_below_zero(t_start, n_steps):
     sched = ddpm.make_scheduler()
-    ddim, timesteps = ddpm.ddim_timesteps(sched, t_start, n_steps)
+    ddim, timesteps = ddim_timesteps(sched, t_start, n_steps)
     stride = 1000 // ddim.num_inference_steps  # what DDIMScheduler.step subtracts
     assert timesteps[0] == t_start and 1 <= len(timesteps) <= n_steps
     assert (timesteps[:-1] - timesteps[1:] == stride).all()
@@ -129,7 +131,108 @@ def test_ddim_timesteps_start_at_t_start_and_end_below_zero(t_start, n_steps):
 
 def test_t_start_outside_the_schedule_is_refused():
     with pytest.raises(ValueError, match="t_start"):
-        ddpm.ddim_timesteps(ddpm.make_scheduler(), 1000, 10)
+        ddim_timesteps(ddpm.make_scheduler(), 1000, 10)
+
+
+@pytest.mark.parametrize(
+    ("t_start", "n_steps"), [(1, 10), (50, 10), (400, 5), (400, 10), (800, 8), (999, 10)]
+)
+def test_the_two_endings_differ_in_the_last_timestep_and_the_final_alpha(t_start, n_steps):
+    sched = ddpm.make_scheduler()
+    for to_zero in (True, False):
+        ddim, timesteps = ddim_timesteps(sched, t_start, n_steps, to_zero=to_zero)
+        stride = 1000 // ddim.num_inference_steps
+        assert timesteps[0] == t_start and 1 <= len(timesteps) <= n_steps
+        assert (timesteps[:-1] - timesteps[1:] == stride).all()
+        assert ddim.config.set_alpha_to_one is to_zero
+        if to_zero:  # down to step 0, then alpha-bar 1: the x0 estimate
+            assert 0 <= timesteps[-1] < stride
+            assert ddim.final_alpha_cumprod == 1
+        else:  # truncated above 0, then alpha-bar_0
+            assert 0 < timesteps[-1] <= stride
+            assert ddim.final_alpha_cumprod == sched.alphas_cumprod[0] < 1
+
+
+def test_the_endings_take_different_strides_where_documented():
+    sched = ddpm.make_scheduler()
+    to_zero = ddim_timesteps(sched, 400, 10)[1]
+    truncated = ddim_timesteps(sched, 400, 10, to_zero=False)[1]
+    assert to_zero.tolist() == list(range(400, -1, -41))  # 400, 359, ..., 31
+    assert truncated.tolist() == list(range(400, 0, -40))  # 400, 360, ..., 40
+    assert len(ddim_timesteps(sched, 0, 10, to_zero=False)[1]) == 0
+
+
+def test_clip_sample_is_the_noise_schedulers_unless_given():
+    sched = ddpm.make_scheduler()
+    assert sched.config.clip_sample is True  # DDPMScheduler's default
+    assert ddim_timesteps(sched, 400, 10)[0].config.clip_sample is True
+    for clip in (True, False):
+        ddim = ddim_timesteps(sched, 400, 10, to_zero=False, clip_sample=clip)[0]
+        assert ddim.config.clip_sample is clip
+
+
+def test_fewer_than_one_step_is_refused():
+    with pytest.raises(ValueError, match="n_steps"):
+        ddim_timesteps(ddpm.make_scheduler(), 400, 0)
+
+
+def true_noise(x0: torch.Tensor, scheduler):
+    """predict_noise for ddim_loop that returns the exact eps of x_t = forward(x0, eps)."""
+    calls = []
+
+    def predict_noise(x_t, t):
+        calls.append(t.clone())
+        abar = scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+        return (x_t - abar.sqrt() * x0) / (1 - abar).sqrt()
+
+    return predict_noise, calls
+
+
+@pytest.mark.parametrize("t_start", [0, 37, 400, 999])
+def test_ddim_loop_with_the_true_noise_recovers_x0_or_its_step_0_noising(t_start):
+    sched = ddpm.make_scheduler()
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(2, 3, 8, 8, generator=g) * 2 - 1
+    eps = torch.randn(2, 3, 8, 8, generator=g)
+    x_t = sched.add_noise(x0, eps, torch.tensor([t_start]))
+    predict_noise, calls = true_noise(x0, sched)
+    ddim, timesteps = ddim_timesteps(sched, t_start, 10)
+    out = ddim_loop(predict_noise, x_t, ddim, timesteps, eta=0.0)
+    torch.testing.assert_close(out, x0, atol=1e-4, rtol=0)
+    assert [c.tolist() for c in calls] == [[int(t)] * 2 for t in timesteps]
+    if t_start == 0:
+        return  # the truncated schedule has no timestep to denoise from
+    ddim, timesteps = ddim_timesteps(sched, t_start, 10, to_zero=False)
+    out = ddim_loop(predict_noise, x_t, ddim, timesteps, eta=0.0)
+    abar0 = sched.alphas_cumprod[0]
+    expected = abar0.sqrt() * x0 + (1 - abar0).sqrt() * eps  # x at timestep 0
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=0)
+    assert not torch.allclose(out, x0, atol=1e-4, rtol=0)
+
+
+def test_ddim_loop_with_eta_draws_its_noise_from_the_generator():
+    sched = ddpm.make_scheduler()
+    x0 = torch.rand(2, 3, 8, 8) * 2 - 1
+    x_t = sched.add_noise(x0, torch.randn_like(x0), torch.tensor([400]))
+    predict_noise, _ = true_noise(x0, sched)
+    ddim, timesteps = ddim_timesteps(sched, 400, 5, to_zero=False)
+
+    def run(eta, seed):
+        g = torch.Generator().manual_seed(seed)
+        return ddim_loop(predict_noise, x_t, ddim, timesteps, eta=eta, generator=g)
+
+    assert torch.equal(run(0.5, 1), run(0.5, 1))
+    assert not torch.equal(run(0.5, 1), run(0.5, 2))
+    assert torch.equal(run(0.0, 1), run(0.0, 2))  # eta = 0 draws nothing
+
+
+def test_denoise_is_ddim_loop_on_chapter_2s_schedule():
+    unet, sched = tiny_unet(), ddpm.make_scheduler()
+    x_t = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    ddim, timesteps = ddim_timesteps(sched, 300, 4)
+    with torch.no_grad():
+        expected = ddim_loop(lambda x, t: unet(x, t).sample, x_t, ddim, timesteps)
+    assert torch.equal(denoise(unet, sched, x_t, 300, 4), expected)
 
 
 def test_predict_x0_inverts_the_forward_process_given_the_true_noise():
@@ -144,28 +247,28 @@ def test_predict_x0_inverts_the_forward_process_given_the_true_noise():
 def test_ddim_with_a_perfect_denoiser_reconstructs_the_image_exactly(t_start):
     sched, images = ddpm.make_scheduler(), smooth_images()
     oracle = Oracle(ddpm.to_model(images), sched)
-    recon = ddpm.reconstruct(oracle, sched, images, t_start, n_steps=10)
+    recon = reconstruct(oracle, sched, images, t_start, n_steps=10)
     torch.testing.assert_close(recon, images, atol=1e-4, rtol=0)
 
 
 def test_reconstruction_from_t0_is_nearly_the_identity_even_untrained():
     unet, sched, images = tiny_unet(), ddpm.make_scheduler(), smooth_images()
-    near = (ddpm.reconstruct(unet, sched, images, 0) - images).abs().mean()
-    far = (ddpm.reconstruct(unet, sched, images, 800) - images).abs().mean()
+    near = (reconstruct(unet, sched, images, 0) - images).abs().mean()
+    far = (reconstruct(unet, sched, images, 800) - images).abs().mean()
     assert near < 0.02 < far
 
 
 def test_reconstruction_is_deterministic_given_the_seed_and_keeps_the_shape():
     unet, sched, images = tiny_unet(), ddpm.make_scheduler(), smooth_images(2, size=32)
-    a = ddpm.reconstruct(unet, sched, images, 300, n_steps=4, seed=7)
-    b = ddpm.reconstruct(unet, sched, images, 300, n_steps=4, seed=7)
-    c = ddpm.reconstruct(unet, sched, images, 300, n_steps=4, seed=8)
+    a = reconstruct(unet, sched, images, 300, n_steps=4, seed=7)
+    b = reconstruct(unet, sched, images, 300, n_steps=4, seed=7)
+    c = reconstruct(unet, sched, images, 300, n_steps=4, seed=8)
     assert a.shape == images.shape and 0 <= a.min() and a.max() <= 1
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
 def test_sample_makes_images_in_range():
-    out = ddpm.sample(tiny_unet(), ddpm.make_scheduler(), n=2, size=16, n_steps=3)
+    out = sample(tiny_unet(), ddpm.make_scheduler(), n=2, size=16, n_steps=3)
     assert out.shape == (2, 3, 16, 16) and 0 <= out.min() and out.max() <= 1
 
 
@@ -181,7 +284,7 @@ def test_noising_frames_go_from_the_image_to_noise():
 
 def test_add_defects_changes_only_the_masked_pixels():
     images = torch.rand(4, 3, 64, 64)
-    clean, defective, masks = ddpm.add_defects(images, seed=0, category="brick")
+    clean, defective, masks = add_defects(images, seed=0, category="brick")
     assert clean.shape == defective.shape == images.shape and masks.shape == (4, 1, 64, 64)
     changed = (clean != defective).any(1, keepdim=True)
     assert torch.equal(changed, masks.bool())
@@ -193,12 +296,12 @@ def test_masked_mse_separates_errors_inside_and_outside_the_mask():
     masks = torch.zeros(1, 1, 4, 4)
     masks[..., :2, :2] = 1
     recons = clean + 0.5 * masks + 0.1 * (1 - masks)
-    inside, outside = ddpm.masked_mse(recons, clean, masks)
+    inside, outside = masked_mse(recons, clean, masks)
     assert inside == pytest.approx(0.25) and outside == pytest.approx(0.01)
 
 
 def test_reconstruction_errors_reward_a_repaint_and_blame_a_copy():
-    from ccad_tutorial.ddpm import reconstruction_errors
+    from ccad_tutorial.reconstruction import reconstruction_errors
 
     clean = torch.full((2, 3, 16, 16), 0.5)
     masks = torch.zeros(2, 1, 16, 16)

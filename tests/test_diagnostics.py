@@ -4,8 +4,10 @@ import torch
 from tiny_settings import FAST
 
 from ccad_tutorial.datasets import load_split
+from ccad_tutorial.detectors import ReconstructionDetector, train_run
 from ccad_tutorial.diagnostics import condition_swap, swapped_banks
-from ccad_tutorial.train import load_run, train_run
+from ccad_tutorial.experiments import scored_detector
+from ccad_tutorial.presets import make_config
 
 
 def test_shuffled_bank_is_a_different_set_of_vectors():
@@ -23,45 +25,46 @@ def trained_c(minitex_root, tmp_path, steps: int):
         minitex_root, "brick", tmp_path / "run", variant="C", steps=steps, progress=False,
         ddim_steps=2, **FAST,
     )  # fmt: skip
-    model, _ = load_run(tmp_path / "run")
-    return model, load_split(minitex_root, "mvtec", "brick", "test", image_size=32)
+    detector = scored_detector(tmp_path / "run", minitex_root, "brick")
+    return detector, load_split(minitex_root, "mvtec", "brick", "test", image_size=32)
 
 
 def test_condition_swap_reports_every_bank_and_sees_the_change(minitex_root, tmp_path):
-    model, test = trained_c(minitex_root, tmp_path, steps=2)
+    detector, test = trained_c(minitex_root, tmp_path, steps=2)
     keep = torch.cat([torch.nonzero(test.labels == 0)[:3], torch.nonzero(test.labels == 1)[:3]])
     keep = keep.flatten().tolist()
     test.images, test.masks, test.labels = test.images[keep], test.masks[keep], test.labels[keep]
-    other = torch.randn_like(model.bank)
-    results = condition_swap(model, test, {"other": other})
-    assert list(results) == ["real", "shuffled", "zeros", "other"]
-    assert results["real"]["recon_change"] == 0.0
+    test.defect_types = [test.defect_types[i] for i in keep]
+    other = torch.randn_like(detector.model.bank)
+    own = detector.model.bank.clone()  # given explicitly: must repaint exactly as "real"
+    results = condition_swap(detector, test, {"other": other, "own": own})
+    assert list(results) == ["real", "shuffled", "zeros", "other", "own"]
+    assert results["own"]["recon_change"] == 0.0
+    assert results["own"]["image_auroc"] == results["real"]["image_auroc"]
     assert results["zeros"]["recon_change"] > 0  # a C model's output depends on its bank
     assert results["real"]["heldout_loss"] != results["zeros"]["heldout_loss"]
     assert 0 <= results["shuffled"]["image_auroc"] <= 1
-    again = condition_swap(model, test)
+    again = condition_swap(detector, test)
     assert again["real"] == results["real"]  # fixed noise: the diagnostic is reproducible
 
 
 def test_condition_swap_without_controls_evaluates_only_the_banks_asked_for(minitex_root, tmp_path):
-    model, test = trained_c(minitex_root, tmp_path, steps=1)
-    results = condition_swap(model, test, {"other": torch.randn_like(model.bank)}, controls=False)
+    detector, test = trained_c(minitex_root, tmp_path, steps=1)
+    other = torch.randn_like(detector.model.bank)
+    results = condition_swap(detector, test, {"other": other}, controls=False)
     assert list(results) == ["real", "other"]
     assert results["other"]["recon_change"] > 0
 
 
-class _RepaintsDefects:
-    """A stand-in model: repaints the masked region with grey, scores by pixel difference."""
+class _RepaintsDefects(ReconstructionDetector):
+    """A stand-in detector: repaints the masked region with grey, scores by pixel difference."""
 
     def __init__(self, masks):
-        self.masks = masks
+        self.masks, self.noise_seed = masks, 0
+        self.fit_scorers(make_config("tiny", "F", score_mode="l1"), None)
 
-    def reconstruct(self, images, noise_seed=0):
+    def reconstruct(self, images):
         return torch.where(self.masks.expand_as(images) > 0, torch.full_like(images, 0.5), images)
-
-    def anomaly_maps(self, images, recons):
-        maps = (images - recons).abs().mean(dim=1, keepdim=True)
-        return maps, maps.flatten(1).amax(dim=1)
 
 
 def test_map_check_separates_the_model_from_the_map():

@@ -77,7 +77,7 @@ def test_summaries_are_means_and_sample_spreads_over_seeds():
     assert mean["image_auroc"] == pytest.approx(0.65)  # seeds' means 0.6 and 0.7
     assert mean["image_auroc_std"] == pytest.approx(statistics.stdev([0.6, 0.7]))
     text = format_table([mean], ("method",))
-    assert "0.650 +- 0.071" in text and text.splitlines()[0].startswith("method")
+    assert "0.650 +- 0.071" in text and text.splitlines()[0].startswith("| method")
 
 
 def test_rows_carry_both_anomaly_maps_of_one_reconstruction(minitex_root, tmp_path):

@@ -1,4 +1,5 @@
-"""Tests of the Global-feature Conditioned Block (ccad_tutorial/gcb.py)."""
+"""Tests of the Global-feature Conditioned Block (ccad_tutorial/gcb.py) and of looking
+inside a UNet (ccad_tutorial/attention.py)."""
 
 import math
 
@@ -7,14 +8,8 @@ import torch
 from diffusers import UNet2DConditionModel
 from diffusers.models.attention import BasicTransformerBlock
 
-from ccad_tutorial.gcb import (
-    GlobalFeatureConditionedBlock,
-    attention_entropy,
-    capture_cross_attention,
-    find_gcbs,
-    gcb_table,
-    load_from_diffusers,
-)
+from ccad_tutorial.attention import attention_entropy, capture_cross_attention, gcb_table
+from ccad_tutorial.gcb import GlobalFeatureConditionedBlock, find_gcbs, load_from_diffusers
 
 
 def _random_basic_block() -> BasicTransformerBlock:
@@ -193,7 +188,7 @@ def test_gcb_table_gives_each_blocks_resolution_and_token_counts():
 
 
 def test_gcb_table_of_stable_diffusion_builds_on_the_meta_device():
-    from ccad_tutorial.model import build_unet
+    from ccad_tutorial.networks import build_unet
     from ccad_tutorial.presets import make_config
 
     with torch.device("meta"):  # shapes only: no weights are allocated
@@ -218,8 +213,7 @@ def test_guidance_numbers_follow_the_image_size_not_the_unets_sample_size():
     """SD v1.5's config says sample_size 64 (512 px); CCAD runs it at 256 px."""
     import dataclasses
 
-    from ccad_tutorial.gcb import guidance_numbers
-    from ccad_tutorial.model import build_unet
+    from ccad_tutorial.networks import build_unet, guidance_numbers
     from ccad_tutorial.presets import make_config
 
     cfg = make_config("tiny", "C", image_size=64)

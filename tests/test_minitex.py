@@ -9,18 +9,13 @@ import pytest
 from PIL import Image
 
 from ccad_tutorial import minitex
-from ccad_tutorial.minitex import (
+from ccad_tutorial.defects import DEFECT_AREA, DEFECT_TYPES, MIN_CHANGE, apply_defect
+from ccad_tutorial.minitex import default_cache_dir, ensure_minitex, make_minitex
+from ccad_tutorial.normal_images import (
     CATEGORIES,
     CROP_WINDOW,
-    DEFECT_AREA,
-    DEFECT_TYPES,
-    MIN_CHANGE,
     REGIONS,
     TEXTURE_CATEGORIES,
-    apply_defect,
-    default_cache_dir,
-    ensure_minitex,
-    make_minitex,
     render_normal,
 )
 

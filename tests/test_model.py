@@ -4,6 +4,7 @@ import pytest
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
+from ccad_tutorial import ddim
 from ccad_tutorial.model import CCAD
 from ccad_tutorial.presets import CCADConfig, make_config
 
@@ -94,6 +95,44 @@ def test_ddim_starts_at_t_start_and_takes_ddim_steps():
     assert sched.config.num_train_timesteps // sched.num_inference_steps == 40
 
 
+@pytest.mark.parametrize(("t_start", "steps"), [(400, 10), (999, 3), (37, 4)])
+def test_ccad_runs_chapter_2s_ddim_schedule_with_the_truncated_ending(t_start, steps):
+    model = tiny_model("C", t_start=t_start, ddim_steps=steps, clip_sample=True)
+    sched, timesteps = model.ddim()
+    ref, ref_timesteps = ddim.ddim_timesteps(
+        model.noise_scheduler, t_start, steps, to_zero=False, clip_sample=True
+    )
+    assert torch.equal(timesteps, ref_timesteps) and torch.equal(sched.timesteps, timesteps)
+    assert dict(sched.config) == dict(ref.config)
+    assert torch.equal(sched.alphas_cumprod, ref.alphas_cumprod)
+    assert sched.num_inference_steps == ref.num_inference_steps
+    # the truncated ending: the last timestep lies above 0 and lands at alpha-bar_0
+    stride = 1000 // sched.num_inference_steps
+    assert 0 < timesteps[-1] <= stride
+    assert sched.final_alpha_cumprod == model.noise_scheduler.alphas_cumprod[0] < 1
+    # chapter 2's ending of the same schedule goes to step 0 and then alpha-bar 1
+    to_zero, to_zero_timesteps = ddim.ddim_timesteps(model.noise_scheduler, t_start, steps)
+    assert to_zero.final_alpha_cumprod == 1
+    assert 0 <= to_zero_timesteps[-1] < 1000 // to_zero.num_inference_steps
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.5])
+def test_ccad_denoise_is_ddim_loop_with_guided_noise(eta):
+    model = tiny_model("F", t_start=300, ddim_steps=3, eta=eta).eval()
+    sched, timesteps = model.ddim()
+    h, c = model.cfg.image_size // model.factor, model.unet.config.in_channels
+    x = torch.randn(2, c, h, h, generator=torch.Generator().manual_seed(0))
+    ctx = model.context(2)
+    with torch.no_grad():
+        torch.manual_seed(1)  # eta > 0 draws from the global generator
+        out = model.denoise(x, sched, timesteps, ctx, None)
+        torch.manual_seed(1)
+        expected = ddim.ddim_loop(
+            lambda x_t, t: model.guided_noise(x_t, t, ctx, None), x, sched, timesteps, eta
+        )
+    assert torch.equal(out, expected)
+
+
 def test_reconstruction_is_deterministic_and_independent_of_batch_size():
     model = tiny_model("F", ddim_steps=2).eval()
     images = torch.rand(3, 3, 32, 32)
@@ -103,8 +142,6 @@ def test_reconstruction_is_deterministic_and_independent_of_batch_size():
     assert a.shape == images.shape and 0 <= a.min() and a.max() <= 1
     torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
     assert not torch.allclose(a, c)
-    maps, scores = model.anomaly_maps(images, a)
-    assert maps.shape == (3, 1, 32, 32) and scores.shape == (3,)
 
 
 def test_config_round_trips_through_json_dict():
@@ -120,7 +157,7 @@ def test_bad_variant_and_unknown_field_are_clear_errors():
         make_config("tiny", "F", not_a_field=1)
 
 
-def test_sd15_from_pretrained_loads_an_sd_layout_folder(tmp_path):
+def test_sd15_from_stable_diffusion_loads_an_sd_layout_folder(tmp_path):
     """A tiny UNet/VAE saved like an SD repo (unet/, vae/) loads through the sd15 code path."""
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
@@ -144,7 +181,7 @@ def test_sd15_from_pretrained_loads_an_sd_layout_folder(tmp_path):
         "sd15", "F", image_size=32, num_queries=4,
         score_mode="l1", score_pretrained=False,
     )  # fmt: skip
-    model = CCAD.from_pretrained(tmp_path, cfg, torch.randn(6, 12))
+    model = CCAD.from_stable_diffusion(tmp_path, cfg, torch.randn(6, 12))
     torch.testing.assert_close(model.unet.conv_in.weight, unet.conv_in.weight)
     torch.testing.assert_close(model.vae.decoder.conv_out.weight, vae.decoder.conv_out.weight)
     assert model.scaling_factor == 0.5
@@ -154,10 +191,10 @@ def test_sd15_from_pretrained_loads_an_sd_layout_folder(tmp_path):
     assert model.reconstruct(images).shape == images.shape
 
 
-def test_from_pretrained_without_weights_is_a_clear_error(tmp_path):
+def test_from_stable_diffusion_without_weights_is_a_clear_error(tmp_path):
     cfg = make_config("sd15", "F", score_mode="l1", score_pretrained=False)
     with pytest.raises(ValueError, match="unet/ and vae/"):
-        CCAD.from_pretrained(tmp_path, cfg, torch.randn(6, 12))
+        CCAD.from_stable_diffusion(tmp_path, cfg, torch.randn(6, 12))
 
 
 def test_retrieved_bank_conditions_each_image_on_its_nearest_normals_only():
@@ -176,13 +213,17 @@ def test_retrieved_bank_conditions_each_image_on_its_nearest_normals_only():
     assert model.global_features(images).shape == (2, model.extractor.dim)
 
 
-def test_the_choice_of_scorer_never_changes_the_trained_model():
-    """The scorer's random backbone comes from its own fixed seed: the global RNG is untouched."""
-    a = tiny_model("F", score_mode="l1")
-    after_a = torch.rand(3)
-    b = tiny_model("F", score_mode="feature")
-    after_b = torch.rand(3)
-    assert torch.equal(after_a, after_b)  # the global RNG moved the same way
-    trained = {k: v for k, v in a.state_dict().items() if not k.startswith("scorer.")}
-    assert all(torch.equal(v, b.state_dict()[k]) for k, v in trained.items())
-    assert any(k.startswith("scorer.") for k in b.state_dict())
+def test_the_scorer_is_the_detectors_and_never_moves_the_global_rng():
+    """The model holds no scorer (the detector does); the scorer's random backbone comes
+    from its own fixed seed, so building one leaves the global RNG where it was."""
+    from ccad_tutorial.detectors import build_scorer
+
+    model = tiny_model("F")
+    assert not any(k.startswith("scorer.") for k in model.state_dict())
+    torch.manual_seed(0)
+    scorer = build_scorer(model.cfg, "feature")
+    after = torch.rand(3)
+    torch.manual_seed(0)
+    assert torch.equal(after, torch.rand(3))
+    again = build_scorer(model.cfg, "feature")
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in scorer.state_dict().items())

@@ -27,6 +27,20 @@ BUDGET_S = {  # whole-notebook limits (generous: machines are noisy; the book ti
 }
 
 
+def _per_seed(rows: list, value=lambda row: row["image_auroc"]) -> list[float]:
+    """Per seed, the mean of ``value`` over the rows (categories) of that seed."""
+    import statistics
+
+    seeds = sorted({row["seed"] for row in rows})
+    return [statistics.fmean(value(row) for row in rows if row["seed"] == s) for s in seeds]
+
+
+def _generation_accuracy(run: dict) -> float:
+    """A generation run's share of samples named after their bank: its confusion's trace."""
+    conf = run["confusion"]
+    return sum(conf[i][i] for i in range(len(conf))) / sum(map(sum, conf))
+
+
 def check_01_anomaly_detection_and_data(r: dict) -> None:
     assert r["mode"] == "fast"
     assert len(r["categories"]) >= 4 and all(n >= 100 for n in r["n_test_images"].values())
@@ -104,7 +118,9 @@ def check_04_fine_compression_module(r: dict) -> None:
 
 
 def check_05_gcb_conditioning(r: dict) -> None:
-    import math
+    import torch
+
+    from ccad_tutorial.attention import attention_entropy
 
     # The text's claims: our GCB computes diffusers' BasicTransformerBlock; on the CPU the fused
     # path agrees to the last bit, the written-out attention to float32 rounding.
@@ -120,7 +136,8 @@ def check_05_gcb_conditioning(r: dict) -> None:
     # Attention: rows over the M bank tokens, read almost uniformly after brief training,
     # close to initialisation, and nearly the same at every position.
     m = r["bank_size"]
-    assert r["attention_entropy_uniform"] == pytest.approx(math.log(m))
+    uniform = float(attention_entropy(torch.full((1, m), 1 / m)))  # a row that reads all alike
+    assert r["attention_entropy_uniform"] == pytest.approx(uniform)
     assert 0.95 < r["attention_lowest_entropy_ratio"] <= r["attention_entropy_ratio"] <= 1.0 + 1e-6
     for e in r["attention_by_gcb"].values():
         assert abs(e["ratio"] - e["ratio_init"]) < 0.05
@@ -134,9 +151,9 @@ def check_05_gcb_conditioning(r: dict) -> None:
     assert r["swap_max_recon_change"] < 0.1 * r["noise_seed_recon_change"]
     assert r["swap_max_loss_change"] < 0.01 and r["swap_max_auroc_change"] < 0.01
     # The positive control (the published condition_at_work benchmark): the model and w are
-    # the benchmark's choice, the accuracy is the confusion's trace over its sum, chance is
-    # one in K, an unconditioned model sits exactly at chance and never follows a change of
-    # bank, and the verdict printed is the one the numbers give.
+    # the benchmark's choice, the figure its first seed, every accuracy a confusion's trace
+    # over its sum, chance one in K; an unconditioned model sits exactly at chance and never
+    # follows a change of bank, and the verdict printed is the one the numbers give.
     import statistics
 
     from ccad_tutorial.results import load_benchmark
@@ -147,33 +164,61 @@ def check_05_gcb_conditioning(r: dict) -> None:
     conf, k = r["generation_confusion"], len(r["generation_categories"])
     assert r["generation_categories"] == work["categories"]
     assert len(conf) == k and all(len(row) == k for row in conf)
-    trace = sum(conf[i][i] for i in range(k))
-    assert r["generation_seed_accuracy"] == pytest.approx(trace / sum(map(sum, conf)))
-    assert r["generation_chance"] == pytest.approx(1 / k)
     runs = [g for g in work["generation"] if (g["model"], g["w"]) == choice]
-    assert r["generation_seed"] == min(g["seed"] for g in runs)
-    mean_accuracy = statistics.fmean(g["accuracy"] for g in runs)
-    assert r["generation_accuracy"] == pytest.approx(mean_accuracy)
+    first = next(g for g in runs if g["seed"] == min(work["seeds"]))
+    assert r["generation_seed"] == first["seed"] and conf == first["confusion"]
+    assert r["generation_seed_accuracy"] == pytest.approx(_generation_accuracy(first))
+    assert r["generation_chance"] == pytest.approx(1 / k)
+    accuracy = statistics.fmean(_generation_accuracy(g) for g in runs)  # chapter 8's too
+    assert r["generation_accuracy"] == pytest.approx(accuracy)
     assert r["uncond_generation_accuracy"] == pytest.approx(r["generation_chance"])
     assert r["uncond_swap_moved"] == 0.0
-    assert 0.0 <= r["generation_swap_moved"] <= 1.0
+    # A sample follows a change of bank from A to B only if it is named A under A's bank and
+    # B under B's: so at most as often as a bank is named right, at least 2 accuracy - 1.
+    moved = r["generation_swap_moved"]
+    assert max(0.0, 2 * accuracy - 1) - 1e-6 <= moved <= accuracy + 1e-6
     assert r["generation_bar"] >= max(0.5, r["generation_chance"] + 0.25)
-    assert r["generation_reads_bank"] == (r["generation_accuracy"] > r["generation_bar"])
-    assert r["category_error"] is None or 0.0 <= r["category_error"] <= 1.0
+    assert r["generation_reads_bank"] == (accuracy > r["generation_bar"])
+    # how often a category-bank model chose the wrong category: the mean over its runs
+    errors = [g["category_error"] for g in work["generation"]
+              if work["models"][g["model"]]["settings"].get("bank_mode") == "category"
+              and g["category_error"] is not None]  # fmt: skip
+    if errors:
+        assert min(errors) <= r["category_error"] <= max(errors)
+    else:
+        assert r["category_error"] is None
 
 
 def check_06_ccad_end_to_end(r: dict) -> None:
+    from test_benchmarks import assert_steps_ratio_fits_the_curves
+
+    from ccad_tutorial.defects import DEFECT_TYPES
+    from ccad_tutorial.minitex import DEFAULT_COUNTS
+    from ccad_tutorial.results import load_benchmark
+    from ccad_tutorial.verdicts import chance_auroc_std
+
     metrics = ("image_auroc", "pixel_auroc", "aupro", "f1_max")
     assert set(r["live"]) == {"V", "C", "F", "uncond", "patchcore"}
     assert all(0 <= m[k] <= 1 for m in r["live"].values() for k in metrics)
-    # the text's claim: the swap changes only the bank, so the real bank changes nothing
-    assert r["live_swap"]["real"]["recon_change"] == 0.0
+    # the swap changes only the bank, and every other bank reaches the model: the live F
+    # model's reconstructions move (same weights, same noise)
     assert {"shuffled", "zeros"} <= set(r["live_swap"])
+    for name, m in r["live_swap"].items():
+        assert name == "real" or m["recon_change"] > 0, name
+    # with its own bank the swap evaluates the live F model again: the same image AUROC
+    assert r["live_swap"]["real"]["image_auroc"] == pytest.approx(r["live"]["F"]["image_auroc"])
     published = r["published_mean"]
     assert {"F", "uncond", "patchcore"} <= set(published)
-    # the book's claim even at CPU scale: CCAD beats chance clearly on MiniTex-AD
-    assert published["F"]["image_auroc"] > 0.6 and published["F"]["pixel_auroc"] > 0.6
-    assert r["steps_ratio"] is None or r["steps_ratio"] > 0
+    # the book's claim even at CPU scale: CCAD beats chance clearly on MiniTex-AD, by more
+    # than twice the spread of a random detector's image AUROC on one test split
+    n_defect = DEFAULT_COUNTS["n_test_defect_per_type"] * len(DEFECT_TYPES)
+    chance = chance_auroc_std(DEFAULT_COUNTS["n_test_good"], n_defect)
+    assert published["F"]["image_auroc"] > 0.5 + 2 * chance
+    assert published["F"]["pixel_auroc"] > 0.6
+    # the steps ratio is the published one, and the published curves give it
+    conv = load_benchmark("convergence")
+    assert r["steps_ratio"] == conv["steps_ratio_conditioned_over_uncond"]
+    assert_steps_ratio_fits_the_curves(r["steps_ratio"], conv["curves"])
 
 
 def check_07_mvtec_on_a_gpu(r: dict) -> None:
@@ -189,8 +234,8 @@ def check_07_mvtec_on_a_gpu(r: dict) -> None:
         assert all(0.0 <= m[k] <= 1.0 for k in ("image_auroc", "pixel_auroc", "aupro", "f1_max"))
     for key, mean in r["mean"].items():
         assert mean == pytest.approx(sum(m[key] for m in cats.values()) / len(cats))
-    # "pixel AUROC above chance and image AUROC well below the paper's 0.962" (150 steps, 64 px)
-    assert r["mean"]["pixel_auroc"] > 0.65 and r["mean"]["image_auroc"] < 0.9
+    # "pixel AUROC above chance" (300 steps, 64 px)
+    assert r["mean"]["pixel_auroc"] > 0.65
     # The references next to the table: the paper's 0.962 / 0.966 and DiAD's numbers.
     ccad, diad = r["reference"]["CCAD (paper)"], r["reference"]["DiAD (multi-class)"]
     assert (ccad["image_auroc"], ccad["pixel_auroc"]) == (0.962, 0.966)
@@ -203,20 +248,53 @@ def check_07_mvtec_on_a_gpu(r: dict) -> None:
 
 
 def check_08_evaluation_and_ablations(r: dict) -> None:
-    # pitfall 1: a random detector is at chance raw, and flipping makes it look better
-    assert abs(r["random_auroc_raw"] - 0.5) < 0.01
-    assert r["random_auroc_flipped"] > r["random_auroc_raw"] + 0.03
-    # pitfall 2: the best checkpoint chosen on the test set is never below the fixed budget
-    assert all(v >= 0 for v in r["checkpoint_optimism"].values())
-    # the verdict printed is the one the numbers give
-    assert r["verdict_helps"] == (r["gain_f_over_uncond"] > r["seed_spread"])
-    assert r["verdict_uses_bank"] == (r["swap_max_abs_drop"] > r["seed_spread"])
-    # the condition at work: the recorded numbers are the published ones, and every verdict
-    # printed is the one they give
+    import math
     import statistics
 
+    from ccad_tutorial import verdicts
+    from ccad_tutorial.defects import DEFECT_TYPES
+    from ccad_tutorial.minitex import DEFAULT_COUNTS
     from ccad_tutorial.results import load_benchmark
 
+    # pitfall 1: the chapter's 2000 random detectors on one MiniTex-AD test split. Raw, their
+    # mean AUROC is 0.5; flipped, it is the half-normal mean 0.5 + sqrt(2 / pi) std (both
+    # within 4 standard errors of the mean over the detectors).
+    n_good = DEFAULT_COUNTS["n_test_good"]
+    n_defect = DEFAULT_COUNTS["n_test_defect_per_type"] * len(DEFECT_TYPES)
+    std, n_detectors = verdicts.chance_auroc_std(n_good, n_defect), 2000
+    assert abs(r["random_auroc_raw"] - 0.5) < 4 * std / math.sqrt(n_detectors)
+    flipped_error = 4 * std * math.sqrt(1 - 2 / math.pi) / math.sqrt(n_detectors)
+    expected = verdicts.flipped_chance_auroc(n_good, n_defect)
+    assert abs(r["random_auroc_flipped"] - expected) < flipped_error
+    # pitfall 2: the optimism of the published convergence runs (checkpoint_optimism's rules
+    # are tested on known rows in test_verdicts.py). Each run's best checkpoint gains at least
+    # what the best step of the mean curve gains over the last step.
+    conv = load_benchmark("convergence")
+    optimism = verdicts.checkpoint_optimism(conv["rows"])
+    assert r["checkpoint_optimism"] == {v: o["optimism"] for v, o in optimism.items()}
+    for variant, value in r["checkpoint_optimism"].items():
+        curve = [auroc for _, auroc in conv["curves"][variant]["image_auroc"]]
+        assert value >= max(curve) - curve[-1] - 1e-12, variant
+    # the per-category answer, from the published runs: F against uncond, and the condition
+    # swap's largest mean AUROC change, each against one seed spread
+    table, swap = load_benchmark("minitex_table"), load_benchmark("condition_swap")
+    f_seeds = _per_seed([row for row in table["rows"] if row["method"] == "F"])
+    u_seeds = _per_seed([row for row in table["rows"] if row["method"] == "uncond"])
+    gain = statistics.fmean(f_seeds) - statistics.fmean(u_seeds)
+    spread = verdicts.seed_spread(verdicts.seed_std(f_seeds), verdicts.seed_std(u_seeds))
+    assert r["gain_f_over_uncond"] == pytest.approx(gain)
+    assert r["seed_spread"] == pytest.approx(spread)
+    swapped = [row for row in swap["rows"] if row["variant"] == "F"]
+    drop = max(
+        statistics.fmean(
+            abs(row["real_image_auroc"] - row[f"{bank}_image_auroc"]) for row in swapped
+        )
+        for bank in ("other", "zeros", "shuffled")
+    )
+    assert r["swap_max_abs_drop"] == pytest.approx(drop)
+    assert r["verdict_helps"] == verdicts.beyond_spread(gain, spread, factor=1.0)
+    assert r["verdict_uses_bank"] == verdicts.beyond_spread(drop, spread, factor=1.0)
+    # the condition at work: the model and w the benchmark chose on the validation split
     work = load_benchmark("condition_at_work")
     chosen, w = r["chosen_model"], r["chosen_w"]
     assert (chosen, w) == (work["choice"]["model"], work["choice"]["guidance_scale"])
@@ -226,32 +304,51 @@ def check_08_evaluation_and_ablations(r: dict) -> None:
         validation.setdefault((v["model"], v["w"]), []).append(v["image_auroc"])
     best = max(statistics.fmean(v) for v in validation.values())
     assert statistics.fmean(validation[(chosen, w)]) == pytest.approx(best)
-    table = {(e["model"], e["w"]): e for e in work["table"]}
-    twin, guided = table[(chosen, 0.0)], table[(chosen, w)]
-    assert r["twin_gain"] == pytest.approx(guided["image_auroc"] - twin["image_auroc"])
-    spread = max(twin["image_auroc_std"], guided["image_auroc_std"], 0.01)
-    assert r["twin_spread"] == pytest.approx(spread)
-    assert r["twin_helps"] == (r["twin_gain"] > 2 * r["twin_spread"])
-    assert r["cutpaste_spread"] >= 0.01
-    assert r["cutpaste_helps"] == (r["cutpaste_gain"] > 2 * r["cutpaste_spread"])
-    per_cat, unified = table[("per-category-uncond", None)], table[("unified-uncond", None)]
-    assert r["unified_gap"] == pytest.approx(per_cat["image_auroc"] - unified["image_auroc"])
-    assert r["unified_within_005"] == (abs(r["unified_gap"]) <= 0.05)
-    control = table[("mean-normal", None)]["image_auroc"]
+
+    # every verdict quantity recomputed from the published per-seed, per-category test rows
+    # (the verdict reads the benchmark's table), every verdict the rule applied to them
+    def rows(model, at):
+        return [row for row in work["rows"] if (row["model"], row["w"]) == (model, at)]
+
+    twin, guided = _per_seed(rows(chosen, 0.0)), _per_seed(rows(chosen, w))
+    twin_gain = statistics.fmean(guided) - statistics.fmean(twin)
+    twin_spread = verdicts.seed_spread(verdicts.seed_std(twin), verdicts.seed_std(guided))
+    assert r["twin_gain"] == pytest.approx(twin_gain, abs=1e-12)
+    assert r["twin_spread"] == pytest.approx(twin_spread)
+    assert r["twin_helps"] == verdicts.beyond_spread(twin_gain, twin_spread)
+
+    def cutpaste(row):
+        return row["per_defect"]["cutpaste"]["image_auroc"]
+
+    twin, guided = _per_seed(rows(chosen, 0.0), cutpaste), _per_seed(rows(chosen, w), cutpaste)
+    cut_gain = statistics.fmean(guided) - statistics.fmean(twin)
+    cut_spread = verdicts.seed_spread(verdicts.seed_std(twin), verdicts.seed_std(guided))
+    assert r["cutpaste_gain"] == pytest.approx(cut_gain, abs=1e-12)
+    assert r["cutpaste_spread"] == pytest.approx(cut_spread)
+    assert r["cutpaste_helps"] == verdicts.beyond_spread(cut_gain, cut_spread)
+    per_cat = _per_seed(rows("per-category-uncond", None))
+    unified = _per_seed(rows("unified-uncond", None))
+    gap = statistics.fmean(per_cat) - statistics.fmean(unified)
+    assert r["unified_gap"] == pytest.approx(gap, abs=1e-12)
+    assert r["unified_within_005"] == (abs(gap) <= 0.05)
+    control = statistics.fmean(_per_seed(rows("mean-normal", None)))
     assert r["control_image_auroc"] == pytest.approx(control)
-    unified_rows = [e for (m, _), e in table.items() if work["models"].get(m, {}).get("unified")]
-    below = [e for e in unified_rows if e["image_auroc"] < control]
+    unified_cells = {(row["model"], row["w"]) for row in work["rows"]
+                     if work["models"].get(row["model"], {}).get("unified")}  # fmt: skip
+    below = [c for c in unified_cells if statistics.fmean(_per_seed(rows(*c))) < control]
     assert len(r["unified_below_control"]) == len(below)
     assert set(r["unified_pixel_by_category"]) == set(work["categories"])
     assert r["unified_pixel_above_chance"] == all(
         v > 0.5 for v in r["unified_pixel_by_category"].values()
     )
-    # the positive control: chance is one in K, the accuracy the published mean over seeds
+    # the positive control: chance is one in K, the accuracy the mean over seeds of each
+    # seed's confusion trace, the bar "well above chance"
     assert r["generation_chance"] == pytest.approx(1 / len(work["categories"]))
-    accuracy = [g["accuracy"] for g in work["generation"] if (g["model"], g["w"]) == (chosen, w)]
-    assert accuracy and r["generation_accuracy"] == pytest.approx(statistics.fmean(accuracy))
+    runs = [g for g in work["generation"] if (g["model"], g["w"]) == (chosen, w)]
+    accuracy = statistics.fmean(_generation_accuracy(g) for g in runs)
+    assert runs and r["generation_accuracy"] == pytest.approx(accuracy)
     assert r["generation_bar"] >= max(0.5, r["generation_chance"] + 0.25)
-    assert r["generation_reads_bank"] == (r["generation_accuracy"] > r["generation_bar"])
+    assert r["generation_reads_bank"] == (accuracy > r["generation_bar"])
     # the first claim rests on the twin AND the positive control
     verdict = next(v for k, v in r["claims"].items() if k.startswith("Conditioning"))
     assert (verdict == "**supported**") == (r["twin_helps"] and r["generation_reads_bank"])

@@ -1,5 +1,8 @@
 """ccad_tutorial.page: what a chapter prints besides figures."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -32,6 +35,25 @@ def test_markdown_table_formats_floats_and_escapes_pipes():
     assert text.splitlines() == ["| a | b |", "|---|---|", "| 1 | 0.12 |", "| x\\|y | 2.00 |"]
     with pytest.raises(ValueError, match="row 0 has 1 cells, the header 2"):
         page.markdown_table(["a", "b"], [[1]])
+
+
+def test_show_table_displays_the_markdown_table(monkeypatch):
+    shown = []
+    monkeypatch.setattr(page, "display", lambda obj: shown.append(obj.data))
+    page.show_table(["a", "b"], [[1, 0.5]], digits=1)
+    assert shown == [page.markdown_table(["a", "b"], [[1, 0.5]], digits=1)]
+
+
+def test_markdown_table_needs_no_ipython():
+    # the command line prints tables where the book tools (and IPython) may be missing
+    code = (
+        "import sys; sys.modules['IPython'] = None\n"
+        "from ccad_tutorial.page import markdown_table\n"
+        "print(markdown_table(['a'], [[0.5]]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["| a |", "|---|", "| 0.500 |"]
 
 
 def test_show_code_displays_the_dedented_source(monkeypatch):

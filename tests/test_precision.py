@@ -13,9 +13,10 @@ from tiny_settings import FAST
 
 from ccad_tutorial.accel import autocast_dtype
 from ccad_tutorial.datasets import load_split
+from ccad_tutorial.detectors import train_run
 from ccad_tutorial.model import CCAD
 from ccad_tutorial.presets import make_config
-from ccad_tutorial.train import fit, train_run
+from ccad_tutorial.train import fit
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 

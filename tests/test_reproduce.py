@@ -21,8 +21,8 @@ from tiny_settings import FAST as TINY
 
 from ccad_tutorial import cli, modes, reproduce
 from ccad_tutorial.datasets import DataError
+from ccad_tutorial.detectors import train_run
 from ccad_tutorial.download import MVTEC_CATEGORIES
-from ccad_tutorial.train import train_run
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "mvtec_gpu.sh"
@@ -76,10 +76,18 @@ def test_by_default_one_model_is_trained_for_all_categories_and_each_is_evaluate
         assert {p.name for p in (out / category).iterdir()} == {"metrics.json", "examples.png"}
         written = json.loads((out / category / "metrics.json").read_text())
         assert written["setting"] == "multi-class" and written["run"] == str(model)
-    for key in reproduce.METRICS:
-        values = [m[key] for m in results["categories"].values()]
-        assert results["mean"][key] == pytest.approx(sum(values) / len(values))
     assert json.loads((out / "results.json").read_text()) == results
+
+
+def test_the_summary_is_the_mean_over_categories_and_says_it_is_not_the_papers():
+    metrics = dict.fromkeys(reproduce.METRICS, 0.5)
+    per_category = {"tile": {**metrics, "image_auroc": 0.2}, "wood": {**metrics, "steps": 3}}
+    setting = {"preset": "tiny", "training": "multi-class"}
+    results = reproduce.summarise(per_category, setting)
+    assert results["mean"]["image_auroc"] == pytest.approx(0.35)
+    assert results["mean"]["pixel_auroc"] == pytest.approx(0.5)
+    assert results["categories"]["wood"]["steps"] == 3
+    assert not results["comparable_with_paper"] and "'tiny' preset" in results["note"]
 
 
 def test_per_category_trains_and_evaluates_one_model_per_category(done_per_category):

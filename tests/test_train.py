@@ -8,10 +8,13 @@ import torch
 from safetensors.torch import load_file
 from tiny_settings import FAST
 
+from ccad_tutorial.bank import CoarseFeatureBank, bank_categories
 from ccad_tutorial.datasets import DataError, load_split
+from ccad_tutorial.detectors import train_run
+from ccad_tutorial.evaluation import evaluate_run
 from ccad_tutorial.model import CCAD
 from ccad_tutorial.presets import make_config
-from ccad_tutorial.train import TrainingDiverged, evaluate_run, load_run, train_run
+from ccad_tutorial.train import TrainingDiverged
 
 
 def run(data, out, steps=4, variant="F", **kw):
@@ -56,9 +59,10 @@ def test_train_run_writes_a_complete_run_directory(minitex_root, tmp_path):
     assert state["step"] == 4
 
 
-def test_load_run_rebuilds_the_saved_weights(minitex_root, tmp_path):
+def test_from_pretrained_rebuilds_the_saved_weights(minitex_root, tmp_path):
     run(minitex_root, tmp_path / "run", steps=2, variant="C", guidance="bottleneck")
-    model, cfg = load_run(tmp_path / "run")
+    model = CCAD.from_pretrained(tmp_path / "run")
+    cfg = model.cfg
     saved = load_file(str(tmp_path / "run" / "model.safetensors"))
     assert same_weights(model.state_dict(), saved)
     assert cfg.guidance == "bottleneck" and model.controlnet is not None
@@ -86,7 +90,7 @@ def test_truncated_checkpoint_is_a_clear_error_and_nothing_is_overwritten(minite
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}
     with pytest.raises(ValueError, match="corrupt or truncated"):
-        load_run(tmp_path / "run")
+        CCAD.from_pretrained(tmp_path / "run")
     with pytest.raises(ValueError, match="corrupt or truncated"):
         run(minitex_root, tmp_path / "run", steps=4, resume=True)
     assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()} == before
@@ -107,7 +111,7 @@ def test_resume_with_another_variant_names_both(minitex_root, tmp_path):
 
 def test_a_folder_without_config_is_not_a_run(tmp_path):
     with pytest.raises(ValueError, match="is not a CCAD run"):
-        load_run(tmp_path)
+        CCAD.from_pretrained(tmp_path)
 
 
 def test_existing_run_is_not_overwritten_without_resume(minitex_root, tmp_path):
@@ -158,7 +162,7 @@ def test_evaluate_run_reports_metrics_json_and_grid(minitex_root, tmp_path):
 
 def test_retrieved_run_saves_the_extractor_its_bank_was_built_with(minitex_root, tmp_path):
     run(minitex_root, tmp_path / "run", steps=2, variant="C", bank_mode="retrieved")
-    model, _ = load_run(tmp_path / "run")
+    model = CCAD.from_pretrained(tmp_path / "run")
     images = load_split(minitex_root, "mvtec", "brick", "train", image_size=32).images
     query = model.global_features(images)
     bank = model.bank
@@ -171,8 +175,8 @@ def test_retrieved_run_saves_the_extractor_its_bank_was_built_with(minitex_root,
 def test_ema_weights_are_saved_and_used_for_evaluation(minitex_root, tmp_path):
     run(minitex_root, tmp_path / "run", steps=2, variant="C", ema_decay=0.5)
     assert (tmp_path / "run" / "ema.safetensors").is_file()
-    ema_model, _ = load_run(tmp_path / "run", use_ema=True)
-    raw_model, _ = load_run(tmp_path / "run", use_ema=False)
+    ema_model = CCAD.from_pretrained(tmp_path / "run", use_ema=True)
+    raw_model = CCAD.from_pretrained(tmp_path / "run", use_ema=False)
     a, b = ema_model.unet.conv_out.weight, raw_model.unet.conv_out.weight
     assert not torch.equal(a, b)
     torch.testing.assert_close(
@@ -181,9 +185,6 @@ def test_ema_weights_are_saved_and_used_for_evaluation(minitex_root, tmp_path):
 
 
 def test_one_unified_model_trains_on_several_categories_and_knows_its_bank(minitex_root, tmp_path):
-    from ccad_tutorial.coreset import CoarseFeatureBank
-    from ccad_tutorial.train import bank_categories
-
     out = tmp_path / "unified"
     train_run(
         minitex_root, "brick+grass", out, variant="F", steps=2, progress=False,
@@ -214,8 +215,6 @@ def test_joined_categories_are_checked_before_anything_is_written(minitex_root, 
 def test_a_balanced_bank_keeps_every_category_of_a_unified_run(minitex_root, tmp_path):
     from collections import Counter
 
-    from ccad_tutorial.train import bank_categories
-
     out = tmp_path / "balanced"
     train_run(
         minitex_root, "brick+grass", out, variant="C", steps=1, progress=False,
@@ -225,7 +224,7 @@ def test_a_balanced_bank_keeps_every_category_of_a_unified_run(minitex_root, tmp
 
 
 def test_loss_curve_averages_windows_of_the_log(tmp_path):
-    from ccad_tutorial.train import loss_curve
+    from ccad_tutorial.runs import loss_curve
 
     rows = ["step,loss,lr,elapsed_s"] + [f"{s},{s % 2},0.001,0.1" for s in range(1, 41)]
     (tmp_path / "loss_log.csv").write_text("\n".join(rows) + "\n")

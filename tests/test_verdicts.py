@@ -62,20 +62,45 @@ def test_chance_auroc_std_matches_small_cases_and_simulation():
     assert 0.5 < v.flipped_chance_auroc(500, 500) < v.flipped_chance_auroc(20, 20) < 0.6
 
 
-def test_checkpoint_optimism_takes_the_last_step_as_the_fixed_budget():
-    def row(variant, cat, step, auroc):
-        return {"variant": variant, "category": cat, "seed": 0, "step": step,
-                "image_auroc": auroc}  # fmt: skip
+def _row(variant, cat, step, auroc, seed=0):
+    return {"variant": variant, "category": cat, "seed": seed, "step": step,
+            "image_auroc": auroc}  # fmt: skip
 
-    rows = [row("F", "a", 200, 0.70), row("F", "a", 100, 0.80), row("F", "a", 400, 0.60),
-            row("F", "b", 100, 0.50), row("F", "b", 200, 0.90),
-            row("U", "a", 100, 0.40), row("U", "a", 200, 0.30)]  # fmt: skip
+
+def test_checkpoint_optimism_takes_the_last_step_as_the_fixed_budget():
+    rows = [_row("F", "a", 200, 0.70), _row("F", "a", 100, 0.80), _row("F", "a", 400, 0.60),
+            _row("F", "b", 100, 0.50), _row("F", "b", 200, 0.90),
+            _row("U", "a", 100, 0.40), _row("U", "a", 200, 0.30)]  # fmt: skip
     out = v.checkpoint_optimism(rows)
     assert out["F"]["runs"] == 2 and out["U"]["runs"] == 1
     assert out["F"]["fixed"] == pytest.approx((0.60 + 0.90) / 2)  # unsorted input
     assert out["F"]["best"] == pytest.approx((0.80 + 0.90) / 2)
     assert out["F"]["optimism"] == pytest.approx(0.10)
     assert out["U"]["optimism"] == pytest.approx(0.10)
+
+
+def test_checkpoint_optimism_is_zero_when_the_last_checkpoint_is_the_best():
+    rows = [_row("F", "a", 300, 0.90), _row("F", "a", 100, 0.60), _row("F", "a", 200, 0.70)]
+    assert v.checkpoint_optimism(rows)["F"] == {
+        "fixed": pytest.approx(0.90), "best": pytest.approx(0.90), "optimism": 0.0, "runs": 1,
+    }  # fmt: skip
+
+
+def test_checkpoint_optimism_picks_the_best_step_of_each_seed_and_metric_separately():
+    # seed 0 peaks in the middle (0.9 -> 0.7 at the end), seed 1 at the first step (0.8 -> 0.65)
+    rows = [_row("F", "a", 100, 0.50), _row("F", "a", 200, 0.90), _row("F", "a", 300, 0.70),
+            _row("F", "a", 100, 0.80, seed=1), _row("F", "a", 200, 0.60, seed=1),
+            _row("F", "a", 300, 0.65, seed=1)]  # fmt: skip
+    out = v.checkpoint_optimism(rows)["F"]
+    assert out["runs"] == 2
+    assert out["best"] == pytest.approx((0.90 + 0.80) / 2)
+    assert out["fixed"] == pytest.approx((0.70 + 0.65) / 2)
+    assert out["optimism"] == pytest.approx((0.20 + 0.15) / 2)
+    # another metric: its own best step (the last one here), whatever the image AUROC did
+    for row, pixel in zip(rows, (0.6, 0.7, 0.8, 0.5, 0.6, 0.9), strict=True):
+        row["pixel_auroc"] = pixel
+    by_pixel = v.checkpoint_optimism(rows, key="pixel_auroc")["F"]
+    assert by_pixel["optimism"] == 0.0 and by_pixel["best"] == pytest.approx((0.8 + 0.9) / 2)
 
 
 # ----------------------------------------------------------------------------- tables
@@ -270,3 +295,29 @@ def test_panels_png_keeps_the_labels_and_only_the_panels_shown():
 def test_generation_bar_is_half_or_a_quarter_above_chance():
     assert v.generation_bar(0.25) == 0.5  # four categories: more than half
     assert v.generation_bar(0.5) == 0.75  # two categories: a quarter above chance
+
+
+def test_spread_verdict_names_the_side_and_the_bar():
+    assert v.spread_verdict(0.03, 0.02) == ("above", "beyond the seed spread (0.020)")
+    assert v.spread_verdict(0.02, 0.02) == ("within", "within the seed spread (0.020)")
+    assert v.spread_verdict(-0.03, 0.02) == ("below", "a loss beyond the seed spread (0.020)")
+    side, words = v.spread_verdict(0.03, 0.02, factor=2.0)
+    assert (side, words) == ("within", "within twice the seed spread (0.040)")
+    assert v.spread_verdict(0.1, 0.02, factor=3.0)[1] == "beyond 3 x the seed spread (0.060)"
+
+
+def test_spread_verdict_applies_beyond_spread_both_ways():
+    for gain in (-0.05, -0.0201, -0.02, 0.0, 0.02, 0.0201, 0.05):
+        side, _ = v.spread_verdict(gain, 0.01, factor=2.0)
+        assert (side == "above") == v.beyond_spread(gain, 0.01, factor=2.0)
+        assert (side == "below") == v.beyond_spread(-gain, 0.01, factor=2.0)
+
+
+def test_the_verdicts_print_the_words_of_spread_verdict():
+    out = v.condition_at_work_verdict(_work())
+    text = v.verdict_markdown(out)
+    assert v.spread_verdict(out["twin_gain"], out["twin_spread"], 2.0)[1] in text
+    assert v.spread_verdict(out["cutpaste_gain"], out["cutpaste_spread"], 2.0)[1] in text
+    matters = {"gain": -0.05, "spread": 0.02, "helps": False, "uses_bank": False,
+               "swap_drop": 0.001, "patchcore_minus_f": 0.1}  # fmt: skip
+    assert "-0.050, a loss beyond the seed spread (0.020)." in v.condition_matters_text(matters)

@@ -89,6 +89,33 @@ def test_show_anomaly_maps_has_a_row_per_panel_kind():
     assert from_batch.axes[0].get_title() == "brick / good"
 
 
+def test_show_anomaly_maps_can_put_defective_images_first_one_row_each():
+    batch = make_batch(6)  # the last three are defective
+    maps, recons = torch.rand(6, 8, 8), batch.images
+    fig = viz.show_anomaly_maps(
+        batch, maps, recons=recons, n=4, defective_first=True, per_image="row"
+    )
+    assert len(fig.axes) == 4 * 4  # 4 images (rows) x 4 panels (columns)
+    titles = [ax.get_title() for ax in fig.axes[:4]]
+    assert titles == ["input", "reconstruction", "anomaly map", "ground truth"]
+    labels = [fig.axes[4 * r].get_ylabel() for r in range(4)]
+    assert labels == ["brick / scratch"] * 3 + ["brick / good"]
+    ground_truth = fig.axes[3].images[0].get_array()
+    assert ground_truth.max() == 1  # the first row is a defective image
+    # without masks there is nothing to sort by: the first n, in order
+    plain = viz.show_anomaly_maps(batch.images, maps, n=2, defective_first=True)
+    assert len(plain.axes) == 2 * 2
+
+
+def test_show_anomaly_maps_saves_a_png_outside_a_notebook(tmp_path):
+    batch = make_batch(4)
+    fig = viz.show_anomaly_maps(batch, torch.rand(4, 1, 16, 16), per_image="row")
+    fig.savefig(tmp_path / "examples.png", dpi=40)
+    assert Image.open(tmp_path / "examples.png").format == "PNG"
+    with pytest.raises(ValueError, match='"column" or "row"'):
+        viz.show_anomaly_maps(batch, torch.rand(4, 16, 16), per_image="grid")
+
+
 def test_show_anomaly_maps_rejects_mismatched_counts():
     with pytest.raises(ValueError, match="6 images but 2 anomaly maps"):
         viz.show_anomaly_maps(make_batch(6).images, torch.rand(2, 16, 16))
