@@ -252,7 +252,7 @@ def train_run(
     layout: str = "mvtec",
     steps: int | None = None,
     pretrained: str | None = None,
-    resume: bool = False,
+    resume: bool | str = False,
     seed: int = 0,
     image_size: int | None = None,
     progress: bool = True,
@@ -263,7 +263,10 @@ def train_run(
     """``ccad-tutorial train``: fit a ``CCADDetector`` on the category's normals in ``out``.
 
     Without ``steps`` the preset's default budget applies. ``resume`` continues the run in
-    ``out`` at its saved step; ``overrides`` set any other CCADConfig field. ``vae_cache``
+    ``out`` at its saved step; ``resume="auto"`` continues it when it has a checkpoint,
+    leaves it alone once it reached ``steps`` (default: its own budget), and otherwise
+    starts over (a run stopped before its first checkpoint has nothing to resume): what
+    ``reproduce`` and the benchmark cells do. ``overrides`` set any other CCADConfig field. ``vae_cache``
     (a folder) shares the stage-1 VAE between runs with the same data, category, seed and
     VAE settings (variants C, F and uncond then start from the identical autoencoder).
 
@@ -277,6 +280,12 @@ def train_run(
     categories = split_categories(category)
     for name in categories:
         check_category(data, layout, name)
+    if resume == "auto":
+        resume = _resume_or_start_over(out, category, steps)
+        if resume is None:
+            if progress:
+                print(f"{out}: trained ({runs.trained_steps(out)} steps), not again")
+            return _summary(out)
     if resume:
         cfg = runs.read_config(out)
         if (cfg.variant, cfg.preset) != (variant, preset):
@@ -309,6 +318,39 @@ def train_run(
     detector = CCADDetector(cfg, out, pretrained, vae_cache, device, progress)
     detector.data_key = (data, category)
     detector.fit(torch.cat(parts), counts)
-    cfg = detector.cfg
-    return {"run": str(out), "variant": cfg.variant, "preset": cfg.preset,
-            **detector.summary, "times": cfg.extra["times"]}  # fmt: skip
+    return _summary(out, detector.summary)
+
+
+def _resume_or_start_over(out: Path, category: str, steps: int | None) -> bool | None:
+    """``resume="auto"``: True after a checkpoint, None once the run reached ``steps``
+    (default: its budget), False for a new run (a run stopped before its first checkpoint
+    has its files removed: nothing in it can be resumed)."""
+    if not (out / "trainer_state.pt").is_file():
+        for name in runs.RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+        return False
+    cfg = runs.read_config(out)
+    trained_on = "+".join(cfg.extra.get("train_counts", {}))
+    trained_on = trained_on or cfg.extra.get("train_args", {}).get("category", category)
+    if trained_on != category:
+        raise ValueError(
+            f"{out} holds a model trained on {trained_on}, not {category}: run the same "
+            "categories again, or choose another --out."
+        )
+    return None if runs.trained_steps(out) >= (steps or cfg.steps) else True
+
+
+def _summary(out: Path, trained: dict | None = None) -> dict:
+    """What ``train_run`` returns: the run, its variant and preset, steps, last loss and
+    times (from this call's training, or read from the folder)."""
+    cfg, log = runs.read_config(out), runs.read_loss_log(out)
+    times = cfg.extra.get("times", {})
+    steps = runs.trained_steps(out)
+    summary = trained or {
+        "steps": steps,
+        "last_loss": log[-1][1] if log else float("nan"),
+        "train_s": times.get("train_s", 0.0),
+        "ms_per_step": round(1000 * times.get("train_s", 0.0) / max(1, steps), 1),
+    }
+    return {"run": str(out), "variant": cfg.variant, "preset": cfg.preset, **summary,
+            "times": times}  # fmt: skip

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import statistics
 import time
 from collections.abc import Iterable, Sequence
@@ -193,23 +192,11 @@ def _ccad_row(data, category, variant, seed, folder: Path, root: Path, steps, se
     numbers: final loss (mean of the last tenth of the steps), times, bank size."""
     from ccad_tutorial.bank import CoarseFeatureBank
 
-    resume = (folder / "trainer_state.pt").is_file()
-    if not resume and (folder / "config.json").is_file():
-        # stopped before its first checkpoint: nothing to resume; the cell folder is ours
-        shutil.rmtree(folder)
-    if not resume or runs.trained_steps(folder) != steps or runs.read_config(folder).steps != steps:
-        train_run(
-            data,
-            category,
-            folder,
-            variant=variant,
-            seed=seed,
-            steps=steps,
-            resume=resume,
-            progress=False,
-            vae_cache=root / "_vae_cache",
-            **({} if resume else settings),
-        )
+    new = not (folder / "trainer_state.pt").is_file()  # or stopped before a checkpoint
+    train_run(
+        data, category, folder, variant=variant, seed=seed, steps=steps, resume="auto",
+        progress=False, vae_cache=root / "_vae_cache", **(settings if new else {}),
+    )  # fmt: skip
     times = runs.read_config(folder).extra.get("times", {})
     log = runs.read_loss_log(folder, steps)
     tail = [loss for _, loss, *_ in log[-max(1, len(log) // 10) :]]

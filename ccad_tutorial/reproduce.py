@@ -14,7 +14,7 @@ reference's (``REFERENCE``).
 
 Resumable: run the same command again after an interruption. A category whose
 ``metrics.json`` exists is not evaluated again (nor trained, per category); a model with a
-checkpoint continues with ``train_run(resume=True)`` at its saved step, and one that reached
+checkpoint continues at its saved step (``train_run(resume="auto")``), and one that reached
 its budget is not trained again; one interrupted before its first checkpoint starts over.
 
 The budget, per model: ``steps`` if given; else ``epochs`` passes over the model's training
@@ -42,7 +42,7 @@ from ccad_tutorial.download import MVTEC_CATEGORIES
 from ccad_tutorial.evaluation import evaluate_run
 from ccad_tutorial.modes import SD15_HUB_ID, resolve_device, resolve_mode
 from ccad_tutorial.presets import make_config
-from ccad_tutorial.runs import RUN_FILES, atomic_write, read_config, read_loss_log, write_json
+from ccad_tutorial.runs import atomic_write, read_config, write_json
 
 METRICS = ("image_auroc", "pixel_auroc", "aupro", "f1_max")
 METRIC_NAMES = {
@@ -274,29 +274,14 @@ def train_model(data: str | os.PathLike, run: Path, category: str, r: Recipe) ->
     """Train the model of ``category`` (several joined by ``+``: one multi-class
     model) in ``run``: new, resumed at its last checkpoint, or left alone once it
     reached its budget."""
-    common = dict(variant=r.variant, preset=r.preset, layout=r.layout,
-                  progress=r.progress, device=r.device)  # fmt: skip
-    if (run / "trainer_state.pt").is_file():  # after a checkpoint, or finished
-        cfg = read_config(run)
-        trained_on = "+".join(cfg.extra.get("train_counts", {})) or category
-        if trained_on != category:
-            raise ValueError(
-                f"{run} holds a model trained on {trained_on}, not {category}: "
-                "run the same categories again, or choose another --out."
-            )
-        done = read_loss_log(run)
-        if done and done[-1][0] >= (r.steps or cfg.steps):
-            print(f"  {run}: trained ({done[-1][0]} steps), not again", flush=True)
-            return
-        train_run(data, category, run, steps=r.steps, resume=True, **common)
-        return
-    for name in RUN_FILES:  # new, or stopped before its first checkpoint: start over
-        (run / name).unlink(missing_ok=True)
     names = split_categories(category)
     n_train = sum(len(load_dataset(data, r.layout, c, "train")) for c in names)
     steps = budget(r.preset, n_train, r.steps, r.epochs, **r.overrides)
-    new = dict(steps=steps, pretrained=r.pretrained, seed=r.seed)
-    train_run(data, category, run, **new, **common, **r.overrides)
+    train_run(
+        data, category, run, variant=r.variant, preset=r.preset, layout=r.layout,
+        steps=steps, pretrained=r.pretrained, resume="auto", seed=r.seed,
+        progress=r.progress, device=r.device, **r.overrides,
+    )  # fmt: skip
 
 
 def evaluate_category(

@@ -233,3 +233,18 @@ def test_loss_curve_averages_windows_of_the_log(tmp_path):
     assert losses == [0.5] * 10  # the alternating 1, 0 averages out in every window
     with pytest.raises(FileNotFoundError, match="no loss log"):
         loss_curve(tmp_path / "missing")
+
+
+def test_auto_resume_continues_leaves_a_finished_run_alone_and_refuses_another_category(
+    minitex_root, tmp_path
+):
+    out = tmp_path / "run"
+    (out).mkdir()
+    (out / "config.json").write_text("{}")  # stopped before its first checkpoint
+    assert run(minitex_root, out, steps=2, resume="auto")["steps"] == 2
+    weights = (out / "model.safetensors").read_bytes()
+    again = run(minitex_root, out, steps=2, resume="auto")  # reached its budget
+    assert again["steps"] == 2 and (out / "model.safetensors").read_bytes() == weights
+    assert run(minitex_root, out, steps=4, resume="auto")["steps"] == 4  # continues
+    with pytest.raises(ValueError, match="trained on brick, not grass"):
+        train_run(minitex_root, "grass", out, steps=6, resume="auto", progress=False)
