@@ -7,7 +7,7 @@ image as a normal one; the difference between input and reconstruction is the an
 Data flows one way through the modules, in the order the book teaches them::
 
     minitex / datasets  ->  features  ->  coreset (CFB)  ->  fcm (FCM)  ->  gcb / model (GCB)
-        ->  train  ->  scoring  ->  metrics  ->  viz
+        ->  train  ->  scoring  ->  metrics  ->  viz / interactive
 
 Import the submodule you need (``from ccad_tutorial import coreset``); nothing heavy is
 imported by the package itself, so ``import ccad_tutorial`` is instant.

@@ -13,8 +13,8 @@ How, and the choices made:
   executed here with papermill in fast mode (a copy newer than its notebook is reused even when
   ``ccad_tutorial/`` changed since: re-running the chapters is the notebook tests' job, and
   in CI they always run first). ``make book`` still re-executes every chapter.
-* plotly: the pages keep loading plotly.js from the CDN (``viz.show_plotly`` writes
-  ``include_plotlyjs="cdn"``), which keeps the published book light. This machine cannot
+* plotly: the pages keep loading plotly.js from the CDN (``interactive.show_plotly``
+  writes ``include_plotlyjs="cdn"``), which keeps the published book light. This machine cannot
   reach the CDN, so the browser answers the request for ``cdn.plot.ly/plotly-<version>.min.js``
   with the ``plotly.min.js`` shipped inside the installed ``plotly`` package (the same
   version, checked). Every other request that leaves the local server (MathJax, require.js

@@ -1,11 +1,13 @@
-"""Chapter 8's rules (ccad_tutorial.verdicts) on small result dicts with known answers."""
+"""Chapter 8's rules, tables and claims on small result dicts with known answers.
 
-import io
+ccad_tutorial.verdicts (as v), ccad_tutorial.tables and ccad_tutorial.claims; the panel
+crops of a saved figure (ccad_tutorial.viz) are tested in test_viz.py.
+"""
 
 import numpy as np
 import pytest
-from PIL import Image
 
+from ccad_tutorial import claims, tables
 from ccad_tutorial import verdicts as v
 from ccad_tutorial.metrics import image_auroc
 from ccad_tutorial.page import markdown_table
@@ -119,12 +121,12 @@ def _xi_payload():
 
 
 def test_ablation_table_has_no_plus_minus_for_single_runs_and_marks_defaults():
-    header, rows = v.ablation_table(_xi_payload())
+    header, rows = tables.ablation_table(_xi_payload())
     text = markdown_table(header, rows)
     assert "±" not in text
     assert [r[1] for r in rows] == ["0.02", "0.1 (default)", "0.5", "image (default)", "patch"]
     table = {"per_category": [{"method": "F", "category": "brick", "image_auroc_std": 0.017}]}
-    s = v.ablation_summary(_xi_payload(), table, default_xi=0.1)
+    s = tables.ablation_summary(_xi_payload(), table, default_xi=0.1)
     assert s["max_change"] == pytest.approx(0.03)  # 0.95 against the default 0.92
     assert s["seed_std"] == 0.017 and s["small"] == 0.02 and s["category"] == "brick"
 
@@ -142,16 +144,16 @@ def test_coreset_comparison_quotes_the_faster_successful_default_row():
         "ours-mmap64k@220000": {"time_s": 111.0, "M": 22000, "D": 1536},
         "anomalib-mmap64k@220000": {"time_s": 937.0},
     }
-    c = v.coreset_comparison(runs, 50_000)
+    c = claims.coreset_comparison(runs, 50_000)
     assert (c["ours"], c["theirs"], c["allocator"]) == ("ours@50000", "anomalib_1thread@50000", "")
     assert c["failed"] == ["anomalib@50000"]
     # no default row succeeded at 220k: the mmap rows, ours against theirs, same allocator
-    c = v.coreset_comparison(runs, 220_000)
+    c = claims.coreset_comparison(runs, 220_000)
     assert (c["ours"], c["theirs"]) == ("ours-mmap64k@220000", "anomalib-mmap64k@220000")
-    assert v.coreset_comparison(runs, 220_000, allocators=("",)) is None
+    assert claims.coreset_comparison(runs, 220_000, allocators=("",)) is None
     # both default rows succeed: the faster one
     runs["anomalib@50000"] = {"time_s": 15.0}
-    assert v.coreset_comparison(runs, 50_000)["theirs"] == "anomalib@50000"
+    assert claims.coreset_comparison(runs, 50_000)["theirs"] == "anomalib@50000"
 
 
 # ----------------------------------------------------------------------------- verdicts
@@ -242,7 +244,7 @@ def test_paper_claims_need_the_twin_and_the_positive_control():
                 "theirs": "anomalib_1thread@50000", "theirs_s": 20.0, "d": 1536}]  # fmt: skip
     helps = v.condition_at_work_verdict(_work(guided=0.75, accuracy=(0.9, 0.9)))
     assert helps["twin_helps"] and helps["generation_reads_bank"]
-    rows = v.paper_claims(table, 0.6, helps, coreset)
+    rows = claims.paper_claims(table, 0.6, helps, coreset)
     verdict = {r[0].split()[0]: r[2] for r in rows}
     assert verdict["Conditioning"] == "**supported**"
     assert verdict["The"] in ("**supported**", "not supported")
@@ -250,46 +252,9 @@ def test_paper_claims_need_the_twin_and_the_positive_control():
     assert "anomalib_1thread@50000" in rows[-1][1] and rows[-1][2] == "**supported**"
     # the same gain without the positive control is not the condition's doing
     no_read = v.condition_at_work_verdict(_work(guided=0.75, accuracy=(0.5, 0.5)))
-    assert v.paper_claims(table, None, no_read, [None])[0][2] == "not supported"
-    rows = v.paper_claims(table, None, no_read, [None])
+    assert claims.paper_claims(table, None, no_read, [None])[0][2] == "not supported"
+    rows = claims.paper_claims(table, None, no_read, [None])
     assert rows[1][2] == "not supported" and rows[-1][2] == "not supported"
-
-
-# ----------------------------------------------------------------------------- the slider
-def _figure():
-    """White 20 x 100 image: row labels at x 0..4, then panels at 10..20, 30..45, 50..58."""
-    image = np.full((20, 100, 3), 255, np.uint8)
-    image[5:8, 0:4] = 0  # the label
-    for a, b in ((10, 20), (30, 45), (50, 58)):
-        image[2:18, a:b] = 100
-    return image
-
-
-def test_panel_columns_finds_the_panels_and_falls_back_to_equal_slices():
-    image = _figure()
-    # the label is the narrowest run: the three widest are the panels
-    assert v.panel_columns(image, 3) == [(10, 20), (30, 45), (50, 58)]
-    assert v.panel_columns(image, 2) == [(10, 20), (30, 45)]  # widest two, left to right
-    assert v.panel_columns(image, 6) == [(0, 17), (17, 33), (33, 50), (50, 67), (67, 83),
-                                         (83, 100)]  # fmt: skip
-
-
-def test_columns_png_keeps_the_labels_and_the_chosen_panels():
-    image = _figure()
-    panels = v.panel_columns(image, 3)
-    crop = np.asarray(Image.open(io.BytesIO(v.columns_png(image, panels, first=1))))
-    # labels: x < 10; then panels 1 and 2 with 3 px either side: 27 .. 61
-    assert crop.shape == (20, 10 + (61 - 27), 3)
-    assert (crop[:, :10] == image[:, :10]).all()
-    assert (crop[:, 10:] == image[:, 27:61]).all()
-
-
-def test_panels_png_keeps_the_labels_and_only_the_panels_shown():
-    image = _figure()
-    panels = v.panel_columns(image, 3)
-    crop = np.asarray(Image.open(io.BytesIO(v.panels_png(image, panels, [2, 0], margin=0))))
-    assert crop.shape == (20, 10 + 8 + 10, 3)  # labels, panel 2 (50..58), panel 0 (10..20)
-    assert (crop[:, 10:18] == image[:, 50:58]).all() and (crop[:, 18:] == image[:, 10:20]).all()
 
 
 def test_generation_bar_is_half_or_a_quarter_above_chance():

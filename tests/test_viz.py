@@ -1,4 +1,5 @@
-"""Tests for ccad_tutorial.viz: figure layout, the plotly display path, sliders.
+"""Tests for ccad_tutorial.viz and ccad_tutorial.interactive: figure layout, panel crops,
+the plotly display path, sliders.
 
 matplotlib runs headless: tests/conftest.py sets MPLBACKEND=Agg.
 """
@@ -17,7 +18,7 @@ import torch
 from IPython.display import HTML
 from PIL import Image
 
-from ccad_tutorial import viz
+from ccad_tutorial import interactive, viz
 
 
 @dataclass
@@ -50,7 +51,7 @@ def captured_display(monkeypatch):
     shown = []
     monkeypatch.delitem(sys.modules, "google.colab", raising=False)
     monkeypatch.setattr("IPython.display.display", lambda obj: shown.append(obj))
-    monkeypatch.delenv(viz.PLOTLYJS_ENV, raising=False)
+    monkeypatch.delenv(interactive.PLOTLYJS_ENV, raising=False)
     return shown
 
 
@@ -155,11 +156,50 @@ def test_figures_are_closed_so_a_notebook_shows_them_once():
     assert plt.get_fignums() == before
 
 
+# --------------------------------------------------------------------------- panels
+
+
+def _figure():
+    """White 20 x 100 image: row labels at x 0..4, then panels at 10..20, 30..45, 50..58."""
+    image = np.full((20, 100, 3), 255, np.uint8)
+    image[5:8, 0:4] = 0  # the label
+    for a, b in ((10, 20), (30, 45), (50, 58)):
+        image[2:18, a:b] = 100
+    return image
+
+
+def test_panel_columns_finds_the_panels_and_falls_back_to_equal_slices():
+    image = _figure()
+    # the label is the narrowest run: the three widest are the panels
+    assert viz.panel_columns(image, 3) == [(10, 20), (30, 45), (50, 58)]
+    assert viz.panel_columns(image, 2) == [(10, 20), (30, 45)]  # widest two, left to right
+    assert viz.panel_columns(image, 6) == [(0, 17), (17, 33), (33, 50), (50, 67), (67, 83),
+                                         (83, 100)]  # fmt: skip
+
+
+def test_columns_png_keeps_the_labels_and_the_chosen_panels():
+    image = _figure()
+    panels = viz.panel_columns(image, 3)
+    crop = np.asarray(Image.open(io.BytesIO(viz.columns_png(image, panels, first=1))))
+    # labels: x < 10; then panels 1 and 2 with 3 px either side: 27 .. 61
+    assert crop.shape == (20, 10 + (61 - 27), 3)
+    assert (crop[:, :10] == image[:, :10]).all()
+    assert (crop[:, 10:] == image[:, 27:61]).all()
+
+
+def test_panels_png_keeps_the_labels_and_only_the_panels_shown():
+    image = _figure()
+    panels = viz.panel_columns(image, 3)
+    crop = np.asarray(Image.open(io.BytesIO(viz.panels_png(image, panels, [2, 0], margin=0))))
+    assert crop.shape == (20, 10 + 8 + 10, 3)  # labels, panel 2 (50..58), panel 0 (10..20)
+    assert (crop[:, 10:18] == image[:, 50:58]).all() and (crop[:, 18:] == image[:, 10:20]).all()
+
+
 # --------------------------------------------------------------------------- plotly
 
 
 def test_show_plotly_displays_text_html_outside_colab(captured_display):
-    viz.show_plotly(go.Figure(go.Scatter(x=[0, 1], y=[1, 0])))
+    interactive.show_plotly(go.Figure(go.Scatter(x=[0, 1], y=[1, 0])))
     assert len(captured_display) == 1
     html = captured_display[0]
     assert isinstance(html, HTML)
@@ -172,56 +212,58 @@ def test_show_plotly_uses_fig_show_in_colab(captured_display, monkeypatch):
     fig = go.Figure()
     calls = []
     monkeypatch.setattr(fig, "show", lambda: calls.append(True), raising=False)
-    viz.show_plotly(fig)
+    interactive.show_plotly(fig)
     assert calls == [True] and captured_display == []
 
 
 def test_plotly_js_mode_follows_the_environment(monkeypatch):
-    monkeypatch.delenv(viz.PLOTLYJS_ENV, raising=False)
-    assert viz.plotly_js_mode() == "cdn"
+    monkeypatch.delenv(interactive.PLOTLYJS_ENV, raising=False)
+    assert interactive.plotly_js_mode() == "cdn"
     for value, expected in [("inline", True), ("require", "require"), ("js/plotly.js", None)]:
-        monkeypatch.setenv(viz.PLOTLYJS_ENV, value)
-        assert viz.plotly_js_mode() == (value if expected is None else expected)
-    html = viz.plotly_html(go.Figure()).data
+        monkeypatch.setenv(interactive.PLOTLYJS_ENV, value)
+        assert interactive.plotly_js_mode() == (value if expected is None else expected)
+    html = interactive.plotly_html(go.Figure()).data
     assert 'src="js/plotly.js"' in html
-    monkeypatch.setenv(viz.PLOTLYJS_ENV, "embedded")
+    monkeypatch.setenv(interactive.PLOTLYJS_ENV, "embedded")
     with pytest.raises(ValueError, match="CCAD_PLOTLYJS='embedded'"):
-        viz.plotly_js_mode()
+        interactive.plotly_js_mode()
 
 
 def test_image_slider_keeps_at_most_max_frames_with_ends():
     frames = [np.full((32, 32, 3), t / 49) for t in range(50)]
-    fig = viz.image_slider(frames, [f"t={t}" for t in range(50)], title="x_t", max_frames=20)
+    fig = interactive.image_slider(
+        frames, [f"t={t}" for t in range(50)], title="x_t", max_frames=20
+    )
     steps = fig.layout.sliders[0].steps
     assert len(fig.frames) == len(steps) == 20
     assert (steps[0].label, steps[-1].label) == ("t=0", "t=49")
-    assert len(viz.image_slider(frames[:5]).frames) == 5
+    assert len(interactive.image_slider(frames[:5]).frames) == 5
 
 
 def test_image_slider_downsamples_frames():
-    fig = viz.image_slider([np.zeros((256, 256), dtype=np.uint8)], max_size=64)
+    fig = interactive.image_slider([np.zeros((256, 256), dtype=np.uint8)], max_size=64)
     jpeg = base64.b64decode(fig.frames[0].data[0].source.split(",", 1)[1])
     assert Image.open(io.BytesIO(jpeg)).size == (64, 64)
 
 
 def test_image_slider_rejects_channel_first_frames():
     with pytest.raises(ValueError, match=r"permute\(1, 2, 0\)"):
-        viz.image_slider([torch.rand(3, 8, 8)])
+        interactive.image_slider([torch.rand(3, 8, 8)])
 
 
 def test_scatter_2d_has_one_trace_per_label():
     points = torch.randn(30, 2)
     labels = ["train"] * 20 + ["coreset"] * 10
-    fig = viz.scatter_2d(points, labels, hover=[f"img{i}" for i in range(30)])
+    fig = interactive.scatter_2d(points, labels, hover=[f"img{i}" for i in range(30)])
     assert [t.name for t in fig.data] == ["train", "coreset"]
     assert len(fig.data[1].x) == 10
     with pytest.raises(ValueError, match=r"\(N, 2\)"):
-        viz.scatter_2d(np.zeros((5, 3)))
+        interactive.scatter_2d(np.zeros((5, 3)))
 
 
 def test_coreset_steps_has_one_frame_per_step_and_marks_the_centres():
     from ccad_tutorial.coreset import greedy_coreset
-    from ccad_tutorial.viz import coreset_steps
+    from ccad_tutorial.interactive import coreset_steps
 
     points = torch.randn(60, 2, generator=torch.Generator().manual_seed(0))
     order = greedy_coreset(points, n=8, projection_dim=None)
