@@ -6,8 +6,12 @@ image as a normal one; the difference between input and reconstruction is the an
 
 Data flows one way through the modules, in the order the book teaches them::
 
-    minitex / datasets  ->  features  ->  coreset (CFB)  ->  fcm (FCM)  ->  gcb / model (GCB)
-        ->  train  ->  scoring  ->  metrics  ->  viz / interactive
+    minitex / datasets  ->  features  ->  coreset / bank (CFB)  ->  fcm (FCM)
+        ->  gcb / model (GCB)  ->  train  ->  ddim  ->  scoring  ->  metrics
+
+One image goes from disk to metric through ``datasets.load_split``, a detector
+(``detectors``: ``fit`` on the normals, ``predict`` -> scores, maps) and
+``evaluation.evaluate``; everything written goes through ``runs``.
 
 Import the submodule you need (``from ccad_tutorial import coreset``); nothing heavy is
 imported by the package itself, so ``import ccad_tutorial`` is instant.

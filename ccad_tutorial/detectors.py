@@ -154,6 +154,7 @@ class CCADDetector(ReconstructionDetector):
         """Train on normal images (N, 3, H, W) to ``cfg.steps``: from the last checkpoint
         of ``run`` if it has one, else from scratch (``counts``: images per category of a
         multi-class model, in order). Then calibrate the scorers on the same normals."""
+        self.cfg = self.cfg or runs.read_config(self.run)
         state = None
         if (self.run / "trainer_state.pt").is_file():
             state = runs.load_trainer_state(self.run)
