@@ -274,8 +274,8 @@ def generation(bench: Bench, model: str, seed: int, w: float) -> dict | None:
         result = conditional_generation(net, banks, n, seed, NearestCategory(cfg, normals))
         samples = result.pop("samples")
         if seed == 0:
-            torch.save({c: (s * 255).round().byte() for c, s in samples.items()},
-                       folder / f"generation_w{w:g}.pt")  # fmt: skip
+            kept = {c: (s * 255).round().byte() for c, s in samples.items()}
+            atomic_write(folder / f"generation_w{w:g}.pt", lambda p: torch.save(kept, p))
         good = {}
         for c in bench.categories:
             test = load_split(bench.data, "mvtec", c, "test", cfg.image_size)
