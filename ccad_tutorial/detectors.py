@@ -150,10 +150,13 @@ class CCADDetector(ReconstructionDetector):
         detector.cfg = detector.model.cfg
         return detector
 
-    def fit(self, train_images: Tensor, counts: dict | None = None) -> CCADDetector:
+    def fit(
+        self, train_images: Tensor, counts: dict | None = None, scorers: bool = True
+    ) -> CCADDetector:
         """Train on normal images (N, 3, H, W) to ``cfg.steps``: from the last checkpoint
         of ``run`` if it has one, else from scratch (``counts``: images per category of a
-        multi-class model, in order). Then calibrate the scorers on the same normals."""
+        multi-class model, in order). Then calibrate the scorers on the same normals
+        (``scorers=False``: training only, e.g. for a run evaluated later)."""
         self.cfg = self.cfg or runs.read_config(self.run)
         state = None
         if (self.run / "trainer_state.pt").is_file():
@@ -170,7 +173,7 @@ class CCADDetector(ReconstructionDetector):
         times = dict(self.cfg.extra.get("times", {}), train_s=self.summary["train_s"])
         self.cfg.extra["times"] = times
         runs.write_config(self.run, self.cfg)
-        return self.fit_scorers(self.cfg, train_images)
+        return self.fit_scorers(self.cfg, train_images) if scorers else self
 
     @property
     def training_device(self) -> torch.device:
@@ -318,7 +321,7 @@ def train_run(
     cfg.extra.update(train_args={"data": str(data), "category": category, "layout": layout})
     detector = CCADDetector(cfg, out, pretrained, vae_cache, device, progress)
     detector.data_key = (data, category)
-    detector.fit(torch.cat(parts), counts)
+    detector.fit(torch.cat(parts), counts, scorers=False)  # evaluated later, on its own
     return _summary(out, detector.summary)
 
 

@@ -37,6 +37,18 @@ def test_every_detector_predicts_scores_then_maps(brick, name):
     torch.testing.assert_close(scores, maps.flatten(1).amax(1))
 
 
+def test_ccad_fits_and_predicts_like_the_other_detectors(brick, tmp_path):
+    train, test = brick
+    cfg = make_config("tiny", "F", steps=1, ddim_steps=1, **FAST)
+    detector = CCADDetector(cfg, tmp_path / "run", progress=False).fit(train.images)
+    scores, maps = detector.predict(test.images[:3])
+    assert scores.shape == (3,) and maps.shape == (3, 1, 32, 32)
+    torch.testing.assert_close(scores, maps.flatten(1).amax(1))
+    again = CCADDetector.from_pretrained(tmp_path / "run", progress=False)
+    again.fit_scorers(again.cfg, train.images)
+    assert torch.equal(again.predict(test.images[:3])[0], scores)  # saved, read back, same
+
+
 def test_evaluate_repaints_once_and_scores_the_repaint_with_every_scorer(brick):
     train, test = brick
     detector = MeanNormal(make_config("tiny", "F", **FAST)).fit(train.images)
