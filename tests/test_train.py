@@ -248,3 +248,21 @@ def test_auto_resume_continues_leaves_a_finished_run_alone_and_refuses_another_c
     assert run(minitex_root, out, steps=4, resume="auto")["steps"] == 4  # continues
     with pytest.raises(ValueError, match="trained on brick, not grass"):
         train_run(minitex_root, "grass", out, steps=6, resume="auto", progress=False)
+
+
+def _loss_log(folder, losses):
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = ["step,loss,lr,elapsed_s"] + [f"{s},{v},0.001,0.1" for s, v in enumerate(losses, 1)]
+    (folder / "loss_log.csv").write_text("\n".join(rows) + "\n")
+
+
+def test_loss_fall_compares_the_last_third_with_the_one_before(tmp_path):
+    from ccad_tutorial.runs import loss_fall
+
+    _loss_log(tmp_path, [4.0] * 3 + [2.0] * 3 + [1.0] * 3)  # the first third does not count
+    assert loss_fall(tmp_path) == pytest.approx(0.5)
+    assert loss_fall(tmp_path, parts=9) == 0.0  # the last two steps: no fall
+    _loss_log(tmp_path / "one", [1.0])  # a single step cannot fall
+    assert loss_fall(tmp_path / "one") == 0.0
+    with pytest.raises(FileNotFoundError, match="no loss log"):
+        loss_fall(tmp_path / "missing")
