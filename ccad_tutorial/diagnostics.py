@@ -23,6 +23,8 @@ the reconstruction path (VAE, one-step x0 estimate, DDIM), stage by stage.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import Tensor
 
@@ -84,13 +86,12 @@ def condition_swap(
     good = images[labels == 0]
     both_classes = 0 < int(labels.sum()) < len(labels)
     results, reference = {}, None
-    own, detector.noise_seed = (detector.bank, detector.noise_seed), noise_seed
     for name, bank in banks.items():
-        detector.bank, outputs = bank, {}
-        row = evaluate(detector, test_batch, outputs) if both_classes else {}
+        swapped, outputs = _with(detector, bank=bank, noise_seed=noise_seed), {}
+        row = evaluate(swapped, test_batch, outputs) if both_classes else {}
         recons = outputs.get("recons")
         if recons is None:
-            recons = detector.reconstruct(images)
+            recons = swapped.reconstruct(images)
         reference = recons if reference is None else reference
         timing = ("infer_s_per_image", "eval_s")
         metrics = {k: v for k, v in row.items() if isinstance(v, float) and k not in timing}
@@ -99,8 +100,15 @@ def condition_swap(
         )
         metrics["recon_change"] = float((recons - reference).abs().mean())
         results[name] = metrics
-    detector.bank, detector.noise_seed = own
     return results
+
+
+def _with(detector, **fields):
+    """A shallow copy of ``detector`` (same model and scorers) with ``fields`` changed:
+    the caller's detector is left as it was."""
+    changed = copy.copy(detector)
+    vars(changed).update(fields)
+    return changed
 
 
 # ---------------------------------------------------------------------- colours through the pipeline
@@ -350,12 +358,10 @@ def map_check(
     from ccad_tutorial.metrics import image_auroc, pixel_auroc
 
     gen = torch.Generator().manual_seed(seed)
-    own, detector.noise_seed = detector.noise_seed, seed
     recons = {
-        "model": detector.reconstruct(images),
+        "model": _with(detector, noise_seed=seed).reconstruct(images),
         "noisy copy": (images + noise * torch.randn(images.shape, generator=gen)).clamp(0, 1),
     }
-    detector.noise_seed = own
     out = {}
     inside = masks.expand_as(images) > 0
     for name, recon in recons.items():
